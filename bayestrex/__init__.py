@@ -1,0 +1,21 @@
+"""bayestrex: model transparency by example.
+
+An explanation is a posterior over a generator's latent codes given a target statistic of a classifier's
+probabilities: ``target -> posterior -> kernel -> draws -> Result (DataTree) -> plots / report / CLI``.
+"""
+
+from . import data, diagnostics, kernels, nets, targets
+from .posterior import Posterior
+from .result import Result, load
+from .sampling import sample
+
+__version__ = "0.1.0"
+__all__ = ["sample", "load", "Result", "Posterior", "targets", "kernels", "data", "nets", "diagnostics", "plots"]
+
+
+def __getattr__(name):  # plots pulls in matplotlib: import it on first use
+    if name == "plots":
+        import importlib
+
+        return importlib.import_module(".plots", __name__)
+    raise AttributeError(f"module 'bayestrex' has no attribute {name!r}")

@@ -1,0 +1,170 @@
+"""The ``bayestrex`` command: ``demo``, ``sample``, ``diagnose``, ``train``. Thin: it calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+DEMO_TARGETS = ("high:0", "ambiguous:3,8", "uniform", "graded:1,7,0.3")
+
+
+def _markdown(rows: list[dict]) -> str:
+    cols = list(rows[0])
+    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _write_table(rows: list[dict], out: Path, stem: str) -> str:
+    from ._util import atomic_path
+
+    md = _markdown(rows)
+    with atomic_path(out / f"{stem}.md") as tmp:
+        tmp.write_text(md + "\n")
+    with atomic_path(out / f"{stem}.json") as tmp:
+        tmp.write_text(json.dumps(rows, indent=2) + "\n")
+    return md
+
+
+def _sample_and_report(target, vae, clf, out: Path, args, prefix: str) -> dict:
+    """Sample one target, write its figures and result file, return its overview row."""
+    import bayestrex as bt
+
+    result = bt.sample(vae.decoder, clf, target, num_chains=args.chains, num_samples=args.samples,
+                       warmup=args.warmup, sigma=args.sigma, kernel=args.kernel, seed=args.seed,
+                       progress=not args.quiet)
+    bt.plots.image_grid(result, path=out / f"{prefix}images.png")
+    bt.plots.statistic_hist(result, path=out / f"{prefix}statistics.png")
+    bt.plots.trace(result, path=out / f"{prefix}trace.png")
+    result.save(out / f"{prefix}result.nc")
+    return bt.diagnostics.overview(result)
+
+
+def _setup(args):
+    import torch
+
+    import bayestrex as bt
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return bt.nets.pretrained(args.dataset, directory=args.weights_dir, progress=not args.quiet)
+
+
+def cmd_demo(args) -> int:
+    vae, clf = _setup(args)
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    rows = []
+    for target in args.targets:
+        slug = target.replace(":", "_").replace(",", "_")
+        rows.append(_sample_and_report(target, vae, clf, out, args, prefix=f"{slug}-"))
+    md = _write_table(rows, out, "summary")
+    print(md)
+    print(f"\nwrote figures, results and summary.md to {out}/ in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    vae, clf = _setup(args)
+    out = Path(args.out)
+    row = _sample_and_report(args.target, vae, clf, out, args, prefix="")
+    print(_write_table([row], out, "summary"))
+    import bayestrex as bt
+
+    result = bt.load(out / "result.nc")
+    _print_summary(result)
+    print(f"\nwrote result.nc, images.png, statistics.png, trace.png and summary.md to {out}/")
+    return 0
+
+
+def _print_summary(result) -> None:
+    import pandas as pd
+
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        cols = ["mean", "sd", "ess_bulk", "ess_tail", "r_hat", "target", "within_tol"]
+        print(result.summary()[cols].round(3).to_string())
+    flags = result.diagnose()
+    print("\n" + ("\n".join(f"WARNING: {f}" for f in flags) if flags else "no problems found"))
+
+
+def cmd_diagnose(args) -> int:
+    import bayestrex as bt
+
+    result = bt.load(args.result)
+    print(result)
+    _print_summary(result)
+    return 1 if args.strict and result.diagnose() else 0
+
+
+def cmd_train(args) -> int:
+    import bayestrex as bt
+
+    figures = bt.nets.train(args.dataset, directory=args.weights_dir, progress=not args.quiet)
+    print(json.dumps(figures, indent=2))
+    return 0
+
+
+def _sampling_args(p: argparse.ArgumentParser, chains: int, samples: int, warmup: int, kernel: str) -> None:
+    p.add_argument("--dataset", default="digits", help="dataset whose reference models to use (default: digits)")
+    p.add_argument("--chains", type=int, default=chains, help=f"number of chains (default: {chains})")
+    p.add_argument("--samples", type=int, default=samples, help=f"kept draws per chain (default: {samples})")
+    p.add_argument("--warmup", type=int, default=warmup, help=f"warmup iterations per chain (default: {warmup})")
+    p.add_argument("--sigma", type=float, default=0.05, help="likelihood width sigma (default: 0.05)")
+    p.add_argument("--kernel", default=kernel, help=f"sampling kernel: nuts or nuts-plate (default: {kernel})")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--weights-dir", default=None, help="folder of model weights (default: models/ or the cache)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1, often fastest)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bayestrex", description="Model transparency by example: sample inputs "
+                                     "whose classifier probabilities hit a target.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="sample several targets on the digits models; write figures and a table",
+                       description="Sample high:0, ambiguous:3,8, uniform and graded:1,7,0.3 with the digits VAE and "
+                                   "classifier; write images, statistic histograms, traces and a summary table.")
+    _sampling_args(p, chains=4, samples=150, warmup=150, kernel="nuts-plate")
+    p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
+    p.add_argument("--targets", nargs="+", default=list(DEMO_TARGETS), help="targets to sample")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sample", help="sample one target; write the result file, figures and summary",
+                       description="Sample one target and write result.nc, images.png, statistics.png, trace.png "
+                                   "and summary.md into --out.")
+    p.add_argument("--target", required=True, help="e.g. high:0, ambiguous:3,8, uniform, graded:1,7,0.3")
+    p.add_argument("--out", required=True, help="output folder")
+    _sampling_args(p, chains=4, samples=300, warmup=300, kernel="nuts")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("diagnose", help="print the summary and diagnostics of a saved result",
+                       description="Print R-hat, ESS, attainment and warnings for a result file written by sample.")
+    p.add_argument("result", help="a result.nc file")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when any warning is raised")
+    p.set_defaults(func=cmd_diagnose)
+
+    p = sub.add_parser("train", help="train a dataset's reference VAE and classifier and write their weights",
+                       description="Train the VAE and the classifier with the dataset's recipe (bayestrex.nets.RECIPES).")
+    p.add_argument("--dataset", default="digits", help="dataset (default: digits)")
+    p.add_argument("--weights-dir", default=None, help="output folder (default: models/ or the cache)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"bayestrex {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

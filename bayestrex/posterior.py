@@ -1,0 +1,207 @@
+"""The posterior over latent codes: the one place the likelihood is written.
+
+    p(z | u*) ∝ N(z; μ0, s0² I) · Π_j N(u*_j; u_j(softmax(f(G(z)))), σ²)
+
+``Posterior.log_density`` evaluates it for a batch of codes ``z [C, d]`` (one value per chain, normalising
+constants included); ``Posterior.pyro_model`` is the same density written as a Pyro model, for Pyro's
+kernels and for anyone who wants to extend it in Pyro.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+from .targets import Target, parse
+
+__all__ = ["Posterior"]
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _module_device(f, name: str) -> torch.device | None:
+    if not isinstance(f, torch.nn.Module):
+        return None
+    devices = {t.device for t in (*f.parameters(), *f.buffers())}
+    if len(devices) > 1:
+        raise ValueError(f"{name} has tensors on several devices {sorted(map(str, devices))}; move it to one")
+    return devices.pop() if devices else None
+
+
+def _module_dtype(f) -> torch.dtype | None:
+    if isinstance(f, torch.nn.Module):
+        for t in f.parameters():
+            if t.is_floating_point():
+                return t.dtype
+    return None
+
+
+class Posterior:
+    """Posterior over latent codes ``z`` of ``generator`` given a classifier ``target``.
+
+    Parameters
+    ----------
+    generator : callable
+        Maps a float tensor ``[N, latent_dim]`` to a batch ``[N, ...]`` (an ``nn.Module`` or a function).
+    classifier : callable
+        Maps that batch to logits ``[N, K]``. Probabilities are refused (see ``check_logits``).
+    target : Target or str
+        What to pin, e.g. ``"ambiguous:3,8"`` (see :mod:`bayestrex.targets`).
+    latent_dim : int, optional
+        Taken from ``generator.latent_dim`` when not given.
+    sigma : float
+        Standard deviation of the Gaussian relaxation of the level set (Bayes-TrEx uses 0.05).
+    prior_loc, prior_scale : tensor or float
+        Mean and standard deviation of the Gaussian prior over ``z`` (default N(0, I)).
+    device : str or torch.device, optional
+        Where to evaluate; defaults to the device of the generator's parameters, else CPU.
+    check_logits : bool
+        Raise when the classifier's outputs look like probabilities (non-negative rows summing to 1).
+    """
+
+    def __init__(self, generator, classifier, target: Target | str, *, latent_dim: int | None = None,
+                 sigma: float = 0.05, prior_loc=0.0, prior_scale=1.0, device=None, check_logits: bool = True):
+        if not callable(generator):
+            raise TypeError(f"generator must be callable (an nn.Module or a function), got {type(generator).__name__}")
+        if not callable(classifier):
+            raise TypeError(f"classifier must be callable, got {type(classifier).__name__}")
+        try:
+            sigma = float(sigma)
+        except (TypeError, ValueError):
+            raise TypeError(f"sigma must be a positive number, got {sigma!r}") from None
+        if not (sigma > 0 and math.isfinite(sigma)):
+            raise ValueError(f"sigma must be a positive finite number, got {sigma}")
+        if latent_dim is None:
+            latent_dim = getattr(generator, "latent_dim", None)
+            if latent_dim is None:
+                raise ValueError("latent_dim is required: pass latent_dim=... or give the generator a latent_dim attribute")
+        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
+            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
+
+        self.generator, self.classifier, self.target = generator, classifier, parse(target)
+        self.latent_dim, self.sigma = latent_dim, sigma
+        self.device = self._resolve_device(device)
+        self.dtype = _module_dtype(generator) or torch.float32
+        self.prior_loc = torch.as_tensor(prior_loc, dtype=self.dtype, device=self.device).expand(latent_dim).clone()
+        self.prior_scale = torch.as_tensor(prior_scale, dtype=self.dtype, device=self.device).expand(latent_dim).clone()
+        if not (self.prior_scale > 0).all():
+            raise ValueError("prior_scale must be positive")
+        self.num_classes = self._probe(check_logits)
+        self.target.validate(self.num_classes)
+        self.value = self.target.value(self.num_classes).to(device=self.device, dtype=self.dtype)
+        self.names = self.target.names(self.num_classes)
+
+    # -- set-up checks -----------------------------------------------------------------------------------------
+    def _resolve_device(self, device) -> torch.device:
+        gen, clf = _module_device(self.generator, "generator"), _module_device(self.classifier, "classifier")
+        if gen is not None and clf is not None and gen != clf:
+            raise ValueError(f"device mismatch: generator is on {gen} but classifier is on {clf}; move both to one device")
+        found = gen or clf
+        if device is None:
+            return found or torch.device("cpu")
+        device = torch.device(device)
+        if found is not None and (found.type != device.type or device.index not in (None, found.index)):
+            which = "generator" if gen is not None else "classifier"
+            raise ValueError(f"device mismatch: device={str(device)!r} but the {which}'s parameters are on {found}; "
+                             f"move the models with .to({str(device)!r}) or pass device={str(found)!r}")
+        return found or device
+
+    def _probe(self, check_logits: bool) -> int:
+        g = torch.Generator().manual_seed(0)
+        z = torch.randn(4, self.latent_dim, generator=g).to(self.device, self.dtype) * self.prior_scale + self.prior_loc
+        try:
+            with torch.no_grad():
+                x = self.generator(z)
+                if not isinstance(x, torch.Tensor):
+                    raise TypeError(f"generator must return a tensor, got {type(x).__name__}")
+                if not torch.isfinite(x).all():
+                    raise ValueError("generator returned NaN or inf for latent codes drawn from the prior; "
+                                     "check the generator (a code z should decode to finite values)")
+                logits = self.classifier(x)
+        except RuntimeError as e:
+            if "device" in str(e):
+                raise ValueError(f"device mismatch while evaluating generator and classifier on {self.device}: {e}") from e
+            raise
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != z.shape[0]:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(f"classifier must return logits of shape [N, K] for a batch of N inputs, got {shape}")
+        if not torch.isfinite(logits).all():
+            raise ValueError("classifier returned NaN or inf logits for generated inputs")
+        if check_logits and (logits >= 0).all() and torch.allclose(logits.sum(-1), torch.ones(len(logits),
+                                                                                          dtype=logits.dtype,
+                                                                                          device=logits.device),
+                                                                   atol=1e-4):
+            raise ValueError("classifier appears to return probabilities (non-negative rows summing to 1), "
+                             "but logits are expected; return logits, or wrap it as "
+                             "lambda x: torch.log(classifier(x)), or pass check_logits=False if you are sure")
+        return logits.shape[1]
+
+    # -- the density ------------------------------------------------------------------------------------------
+    def probs(self, z: torch.Tensor) -> torch.Tensor:
+        """Classifier probabilities ``[C, K]`` of the decoded codes ``z [C, d]``."""
+        return torch.softmax(self.classifier(self.generator(z)), dim=-1)
+
+    def statistics(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(probs [C, K], u [C, m])`` for codes ``z [C, d]``."""
+        p = self.probs(z)
+        return p, self.target.statistic(p)
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        w = (z - self.prior_loc) / self.prior_scale
+        return (-0.5 * w.square() - self.prior_scale.log() - _LOG_SQRT_2PI).sum(-1)
+
+    def log_likelihood(self, u: torch.Tensor) -> torch.Tensor:
+        w = (u - self.value) / self.sigma
+        return (-0.5 * w.square() - math.log(self.sigma) - _LOG_SQRT_2PI).sum(-1)
+
+    def log_density(self, z: torch.Tensor) -> torch.Tensor:
+        """Log posterior density (up to the evidence) of each code in ``z [C, d]``: shape ``[C]``.
+
+        Non-finite values (NaN or inf from the generator or classifier) become ``-inf``, so kernels reject them.
+        """
+        _, u = self.statistics(z)
+        lp = self.log_prior(z) + self.log_likelihood(u)
+        return torch.where(torch.isfinite(lp), lp, torch.full_like(lp, -math.inf))
+
+    def potential_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-chain potential energy ``-log_density`` ``[C]`` and its gradient ``[C, d]`` (one batched pass)."""
+        z = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            pe = -self.log_density(z)
+            (grad,) = torch.autograd.grad(pe.sum(), z)
+        return pe.detach(), grad
+
+    def pyro_model(self, num_chains: int = 1):
+        """The same posterior as a Pyro model over a site ``z`` of shape ``[num_chains, d]``.
+
+        The chains are a ``pyro.plate``; the target values are observed at site ``u``.
+        """
+
+        def model():
+            with pyro.plate("chains", num_chains):
+                z = pyro.sample("z", dist.Normal(self.prior_loc, self.prior_scale).to_event(1))
+                _, u = self.statistics(z)
+                pyro.sample("u", dist.Normal(u, self.sigma).to_event(1), obs=self.value.expand_as(u))
+            return z
+
+        return model
+
+    # -- starting points ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def initial_points(self, num_chains: int, *, seed: int = 0, candidates: int | None = None,
+                       batch_size: int = 4096) -> torch.Tensor:
+        """Distinct starting codes ``[num_chains, d]``: the best of ``candidates`` prior draws, by Gumbel top-k.
+
+        Sampling without replacement with weights ∝ likelihood (sampling/importance resampling) starts chains
+        spread over the posterior's modes instead of at one point, and near the level set instead of far off.
+        """
+        n = candidates or max(4096, 16 * num_chains)
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, self.latent_dim, generator=g).to(self.device, self.dtype) * self.prior_scale + self.prior_loc
+        loglik = torch.cat([self.log_likelihood(self.statistics(b)[1]) for b in z.split(batch_size)])
+        loglik = torch.where(torch.isfinite(loglik), loglik, torch.full_like(loglik, -math.inf))
+        gumbel = -torch.log(-torch.log(torch.rand(n, generator=g).clamp_min(1e-12))).to(loglik)
+        return z[torch.topk(loglik + gumbel, num_chains).indices]

@@ -1,0 +1,346 @@
+"""Targets: the statistic of the classifier's probabilities that an explanation pins.
+
+A target is a statistic ``u(p)`` of the probability vector ``p`` (shape ``[..., K]``) and the value ``u*`` it
+should take. The posterior over latent codes is ``p(z | u*) ∝ N(z; 0, I) · N(u*; u(p(z)), σ²)``, one Gaussian
+factor per statistic. Each target also validates its arguments against the number of classes ``K``.
+
+=====================  ==========================================================  ==================
+spec                   statistics u(p)                                             target value u*
+=====================  ==========================================================  ==================
+``high:C``             ``p_C``                                                     ``1``
+``ambiguous:A,B``      ``|p_A - p_B|``,  ``min(p_A, p_B) - max_{k∉{A,B}} p_k``       ``0``, ``0.5``
+``uniform``            ``max_k p_k - min_k p_k``                                   ``0``
+``graded:A,B,ALPHA``   ``p_0, …, p_{K-1}``                                         ``p_A = ALPHA``, ``p_B = 1 - ALPHA``,
+                                                                                   others ``0``
+``probs:Q0,…,QK-1``    ``p_0, …, p_{K-1}``                                         ``Q``
+``Custom(fn, value)``  ``fn(p)``                                                   ``value``
+=====================  ==========================================================  ==================
+
+A new target is one subclass: set ``spec`` (its name in strings), implement ``statistic``, ``value`` and
+``names``, and, if it has a string form, ``from_args``. ``parse`` finds it by its ``spec``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+__all__ = ["Target", "High", "Ambiguous", "Uniform", "Probabilities", "Graded", "Custom", "parse", "TARGETS"]
+
+#: string spec name -> Target subclass; filled by ``Target.__init_subclass__``.
+TARGETS: dict[str, type["Target"]] = {}
+
+
+def _class_index(name: str, value, num_classes: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise TypeError(f"{name} must be an integer class index, got {value!r}")
+    if value < 0 or (num_classes is not None and value >= num_classes):
+        bound = f"[0, {num_classes - 1}]" if num_classes is not None else ">= 0"
+        detail = f" for a classifier with {num_classes} classes" if num_classes is not None else ""
+        raise ValueError(f"{name}: class index {value} is out of range{detail}; expected {bound}")
+    return value
+
+
+def _unit_interval(name: str, value) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:  # also False for NaN
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
+class Target:
+    """Base class: a statistic ``u(p) -> [..., m]`` of the probabilities and its target value ``u* [m]``.
+
+    Parameters
+    ----------
+    tolerance : float
+        A draw *attains* the target when every statistic is within ``tolerance`` of its target value.
+    """
+
+    spec: str | None = None
+
+    def __init__(self, *, tolerance: float = 0.05):
+        tolerance = float(tolerance)
+        if not (tolerance > 0 and math.isfinite(tolerance)):
+            raise ValueError(f"tolerance must be a positive finite number, got {tolerance}")
+        self.tolerance = tolerance
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("spec"):
+            TARGETS[cls.spec] = cls
+
+    # -- to implement ------------------------------------------------------------------------------------------
+    def statistic(self, probs: torch.Tensor) -> torch.Tensor:
+        """Statistics ``u`` of probabilities ``probs [..., K]``, shape ``[..., m]``; differentiable."""
+        raise NotImplementedError
+
+    def value(self, num_classes: int) -> torch.Tensor:
+        """Target values ``u*``, shape ``[m]``."""
+        raise NotImplementedError
+
+    def names(self, num_classes: int) -> list[str]:
+        """One short name per statistic (used as DataTree coordinates and plot titles)."""
+        raise NotImplementedError
+
+    def validate(self, num_classes: int) -> None:
+        """Raise ``ValueError`` if the target does not fit a classifier with ``num_classes`` classes."""
+        if num_classes < 2:
+            raise ValueError(f"classifier must return logits for at least 2 classes, got {num_classes}")
+
+    @classmethod
+    def from_args(cls, args: list[str]) -> "Target":
+        raise ValueError(f"target {cls.spec!r} has no string form")
+
+    def __repr__(self) -> str:
+        return self.spec or type(self).__name__
+
+
+class High(Target):
+    """High confidence in class ``c``: ``u = p_c``, ``u* = 1``."""
+
+    spec = "high"
+
+    def __init__(self, c: int, *, tolerance: float = 0.05):
+        super().__init__(tolerance=tolerance)
+        self.c = _class_index("class index c", c)
+
+    def statistic(self, probs):
+        return probs[..., self.c : self.c + 1]
+
+    def value(self, num_classes):
+        return torch.ones(1)
+
+    def names(self, num_classes):
+        return [f"p{self.c}"]
+
+    def validate(self, num_classes):
+        super().validate(num_classes)
+        _class_index("class index c", self.c, num_classes)
+
+    @classmethod
+    def from_args(cls, args):
+        (c,) = _ints(args, 1, "high:C")
+        return cls(c)
+
+    def __repr__(self):
+        return f"high:{self.c}"
+
+
+class Ambiguous(Target):
+    """Ambiguous between classes ``a`` and ``b`` (the two-statistic form of Bayes-TrEx).
+
+    ``u1 = |p_a - p_b|`` with ``u1* = 0`` and ``u2 = min(p_a, p_b) - max_{k ∉ {a, b}} p_k`` with ``u2* = 0.5``:
+    the two classes are tied and together take all the mass.
+    """
+
+    spec = "ambiguous"
+
+    def __init__(self, a: int, b: int, *, tolerance: float = 0.05):
+        super().__init__(tolerance=tolerance)
+        self.a, self.b = _class_index("class index a", a), _class_index("class index b", b)
+        if self.a == self.b:
+            raise ValueError(f"ambiguous target needs two different classes, got a = b = {self.a}")
+
+    def statistic(self, probs):
+        pa, pb = probs[..., self.a], probs[..., self.b]
+        others = probs.clone()
+        others[..., [self.a, self.b]] = 0.0
+        margin = torch.minimum(pa, pb) - others.amax(dim=-1)
+        return torch.stack([(pa - pb).abs(), margin], dim=-1)
+
+    def value(self, num_classes):
+        return torch.tensor([0.0, 0.5])
+
+    def names(self, num_classes):
+        return [f"absdiff_{self.a}_{self.b}", f"margin_{self.a}_{self.b}"]
+
+    def validate(self, num_classes):
+        Target.validate(self, num_classes)
+        _class_index("class index a", self.a, num_classes)
+        _class_index("class index b", self.b, num_classes)
+
+    @classmethod
+    def from_args(cls, args):
+        a, b = _ints(args, 2, "ambiguous:A,B")
+        return cls(a, b)
+
+    def __repr__(self):
+        return f"ambiguous:{self.a},{self.b}"
+
+
+class Uniform(Target):
+    """Uniform ambiguity over all classes: ``u = max_k p_k - min_k p_k``, ``u* = 0``."""
+
+    spec = "uniform"
+
+    def statistic(self, probs):
+        return (probs.amax(dim=-1) - probs.amin(dim=-1)).unsqueeze(-1)
+
+    def value(self, num_classes):
+        return torch.zeros(1)
+
+    def names(self, num_classes):
+        return ["range"]
+
+    @classmethod
+    def from_args(cls, args):
+        if args:
+            raise ValueError(f"target 'uniform' takes no arguments, got {','.join(args)!r}")
+        return cls()
+
+
+class Probabilities(Target):
+    """The whole probability vector pinned: ``u_k = p_k``, ``u* = q`` (``q`` non-negative, summing to 1)."""
+
+    spec = "probs"
+
+    def __init__(self, q: Sequence[float], *, tolerance: float = 0.05):
+        super().__init__(tolerance=tolerance)
+        q = torch.as_tensor(q, dtype=torch.float64).flatten()
+        if q.numel() < 2 or not torch.isfinite(q).all() or (q < 0).any() or (q > 1).any():
+            raise ValueError(f"target probabilities must be at least 2 numbers in [0, 1], got {q.tolist()}")
+        if abs(float(q.sum()) - 1.0) > 1e-6:
+            raise ValueError(f"target probabilities must sum to 1, got sum {float(q.sum()):.6g}")
+        self.q = q.float()
+
+    def statistic(self, probs):
+        return probs
+
+    def value(self, num_classes):
+        return self.q
+
+    def names(self, num_classes):
+        return [f"p{k}" for k in range(num_classes)]
+
+    def validate(self, num_classes):
+        super().validate(num_classes)
+        if self.q.numel() != num_classes:
+            raise ValueError(
+                f"target probabilities have {self.q.numel()} entries but the classifier has {num_classes} classes"
+            )
+
+    @classmethod
+    def from_args(cls, args):
+        try:
+            return cls([float(a) for a in args])
+        except ValueError as e:
+            if "could not convert" in str(e):
+                raise ValueError(f"target 'probs:Q0,...' expects numbers, got {','.join(args)!r}") from None
+            raise
+
+    def __repr__(self):
+        return "probs:" + ",".join(f"{q:g}" for q in self.q.tolist())
+
+
+class Graded(Target):
+    """Graded level between ``a`` and ``b``: ``p_a = alpha``, ``p_b = 1 - alpha``, every other class 0."""
+
+    spec = "graded"
+    statistic = Probabilities.statistic
+    names = Probabilities.names
+
+    def __init__(self, a: int, b: int, alpha: float, *, tolerance: float = 0.05):
+        super().__init__(tolerance=tolerance)
+        self.a, self.b = _class_index("class index a", a), _class_index("class index b", b)
+        if self.a == self.b:
+            raise ValueError(f"graded target needs two different classes, got a = b = {self.a}")
+        self.alpha = _unit_interval("graded target level alpha", alpha)
+
+    def value(self, num_classes):
+        q = torch.zeros(num_classes)
+        q[self.a], q[self.b] = self.alpha, 1.0 - self.alpha
+        return q
+
+    def validate(self, num_classes):
+        Ambiguous.validate(self, num_classes)
+
+    @classmethod
+    def from_args(cls, args):
+        if len(args) != 3:
+            raise ValueError(f"target 'graded:A,B,ALPHA' expects 3 arguments, got {','.join(args)!r}")
+        (a, b), alpha = _ints(args[:2], 2, "graded:A,B,ALPHA"), args[2]
+        try:
+            alpha = float(alpha)
+        except ValueError:
+            raise ValueError(f"graded target level ALPHA must be a number in [0, 1], got {alpha!r}") from None
+        return cls(a, b, alpha)
+
+    def __repr__(self):
+        return f"graded:{self.a},{self.b},{self.alpha:g}"
+
+
+class Custom(Target):
+    """Any user statistic: ``u = fn(p)`` (``[...]`` or ``[..., m]``, differentiable in ``p``), target ``value``.
+
+    >>> top2 = Custom(lambda p: p.topk(2).values.sum(-1), 1.0, names=["top2_mass"])
+    """
+
+    def __init__(self, fn: Callable, value, *, names: Sequence[str] | None = None, tolerance: float = 0.05):
+        super().__init__(tolerance=tolerance)
+        if not callable(fn):
+            raise TypeError(f"Custom target needs a callable statistic fn, got {type(fn).__name__}")
+        self.fn = fn
+        self._value = torch.as_tensor(value, dtype=torch.float32).flatten()
+        if not torch.isfinite(self._value).all():
+            raise ValueError(f"Custom target value must be finite, got {self._value.tolist()}")
+        m = self._value.numel()
+        self._names = list(names) if names is not None else [f"u{i}" for i in range(m)]
+        if len(self._names) != m:
+            raise ValueError(f"Custom target has {m} target value(s) but {len(self._names)} names")
+
+    def statistic(self, probs):
+        u = self.fn(probs)
+        return u.unsqueeze(-1) if u.dim() == probs.dim() - 1 else u
+
+    def value(self, num_classes):
+        return self._value
+
+    def names(self, num_classes):
+        return self._names
+
+    def validate(self, num_classes):
+        super().validate(num_classes)
+        probe = torch.full((2, num_classes), 1.0 / num_classes)
+        u = self.statistic(probe)
+        if not isinstance(u, torch.Tensor) or u.shape != (2, self._value.numel()):
+            got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+            raise ValueError(
+                f"Custom target fn must map probabilities [N, {num_classes}] to a tensor [N] or "
+                f"[N, {self._value.numel()}] (one column per target value), got {got}"
+            )
+
+    def __repr__(self):
+        return "custom:" + ",".join(self._names)
+
+
+def _ints(args: list[str], n: int, form: str) -> list[int]:
+    if len(args) != n:
+        raise ValueError(f"target {form!r} expects {n} integer argument(s), got {','.join(args)!r}")
+    try:
+        return [int(a) for a in args]
+    except ValueError:
+        raise ValueError(f"target {form!r} expects integer class indices, got {','.join(args)!r}") from None
+
+
+def parse(text: str | Target) -> Target:
+    """Build a target from its string form, e.g. ``"high:0"``, ``"ambiguous:3,8"``, ``"graded:1,7,0.3"``.
+
+    A ``Target`` passes through unchanged.
+    """
+    if isinstance(text, Target):
+        return text
+    if not isinstance(text, str):
+        raise TypeError(f"target must be a Target or a string such as 'ambiguous:3,8', got {type(text).__name__}")
+    name, _, rest = text.strip().partition(":")
+    cls = TARGETS.get(name.strip().lower())
+    if cls is None:
+        forms = "high:C, ambiguous:A,B, uniform, graded:A,B,ALPHA, probs:Q0,...,QK-1"
+        raise ValueError(f"unknown target {text!r}; expected one of {forms}")
+    args = [a.strip() for a in rest.split(",")] if rest.strip() else []
+    return cls.from_args(args)

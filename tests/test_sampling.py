@@ -1,0 +1,140 @@
+"""Sampling against a posterior whose answer is known independently (quadrature), and the Result container."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import bayestrex as bt
+
+SIGMA = 0.2
+
+
+class Identity(torch.nn.Module):
+    latent_dim = 2
+
+    def forward(self, z):
+        return z
+
+
+def logistic(x):
+    """Two-class logistic classifier on the first coordinate: p1 = sigmoid(3 x0 - 1)."""
+    return torch.stack([torch.zeros_like(x[:, 0]), 3.0 * x[:, 0] - 1.0], dim=-1)
+
+
+def reference_moments():
+    """Mean and sd of z0 under N(z0; 0, 1) N(1; sigmoid(3 z0 - 1), SIGMA), by quadrature; z1 stays N(0, 1)."""
+    z = np.linspace(-8, 8, 160001)
+    p1 = 1 / (1 + np.exp(-(3 * z - 1)))
+    logw = -0.5 * z**2 - 0.5 * ((1 - p1) / SIGMA) ** 2
+    w = np.exp(logw - logw.max())
+    w /= w.sum()
+    mean = (w * z).sum()
+    return mean, math.sqrt((w * (z - mean) ** 2).sum())
+
+
+@pytest.fixture(scope="module", params=["nuts", "nuts-plate"])
+def result(request):
+    return bt.sample(Identity(), logistic, "high:1", num_chains=4, num_samples=400, warmup=300, sigma=SIGMA,
+                     kernel=request.param, seed=1, progress=False)
+
+
+def test_moments_match_quadrature(result):
+    mean0, sd0 = reference_moments()
+    s = result.summary()
+    for row, mean, sd in [("z[0]", mean0, sd0), ("z[1]", 0.0, 1.0)]:
+        assert abs(s.loc[row, "mean"] - mean) < 4 * s.loc[row, "mcse_mean"], (row, s.loc[row].to_dict(), mean)
+        assert abs(s.loc[row, "sd"] - sd) < 4 * s.loc[row, "mcse_sd"], (row, s.loc[row].to_dict(), sd)
+    assert s["r_hat"].max() < 1.02
+
+
+def test_result_shapes_and_datatree(result):
+    assert result.z.shape == (4, 400, 2) and result.probs.shape == (4, 400, 2) and result.u.shape == (4, 400, 1)
+    assert torch.allclose(result.probs.sum(-1), torch.ones(4, 400))
+    dt = result.to_datatree()
+    assert set(dt.children) >= {"posterior", "sample_stats", "constant_data"}
+    assert set(dt["posterior"].data_vars) == {"z", "u", "probs"}
+    stats = set(dt["sample_stats"].data_vars)
+    assert {"diverging", "acceptance_rate", "step_size", "tree_depth", "n_steps", "energy"} <= stats
+    assert dt["sample_stats"]["diverging"].dtype == bool
+    acc = dt["sample_stats"]["acceptance_rate"].values
+    assert ((acc >= 0) & (acc <= 1)).all() and acc.mean() > 0.5
+    assert (dt["sample_stats"]["n_steps"].values >= 1).all()
+
+
+def test_summary_has_diagnostics_and_attainment(result):
+    s = result.summary()
+    assert {"r_hat", "ess_bulk", "ess_tail", "target", "within_tol"} <= set(s.columns)
+    rate = result.attained.float().mean().item()
+    assert s.loc["attainment", "mean"] == pytest.approx(rate)
+    assert s.loc["u[p1]", "target"] == 1.0
+    assert result.bfmi() is not None and len(result.bfmi()) == 4
+
+
+def test_save_and_load_round_trip(result, tmp_path):
+    path = tmp_path / "sub" / "r.nc"
+    result.save(path)
+    assert [p.name for p in path.parent.iterdir()] == ["r.nc"]  # no temporary file left behind
+    back = bt.load(path)
+    assert torch.equal(back.z, result.z) and torch.equal(back.probs, result.probs) and torch.equal(back.u, result.u)
+    assert back.target == "high:1" and back.sigma == SIGMA and back.statistic_names == ["p1"]
+    assert torch.equal(back.stats["diverging"], result.stats["diverging"])
+    assert back.attainment == result.attainment
+    with pytest.raises(ValueError, match="needs the generator"):
+        back.images()
+    assert back.images(Identity()).shape == (4, 400, 2)
+
+
+def test_load_rejects_other_files(tmp_path):
+    bad = tmp_path / "x.nc"
+    bad.write_bytes(b"not a netcdf file")
+    with pytest.raises(ValueError, match="not a bayestrex result file"):
+        bt.load(bad)
+    with pytest.raises(FileNotFoundError):
+        bt.load(tmp_path / "missing.nc")
+
+
+def test_same_seed_same_draws():
+    kw = dict(num_chains=2, num_samples=20, warmup=20, sigma=SIGMA, seed=5, progress=False)
+    a = bt.sample(Identity(), logistic, "high:1", **kw)
+    b = bt.sample(Identity(), logistic, "high:1", **kw)
+    c = bt.sample(Identity(), logistic, "high:1", **{**kw, "seed": 6})
+    assert torch.equal(a.z, b.z)
+    assert not torch.equal(a.z, c.z)
+
+
+def test_a_failing_chain_is_reported_not_dropped():
+    calls = {"n": 0}
+
+    def flaky(z):
+        calls["n"] += 1
+        if calls["n"] == 40:  # breaks once, during the first chain's run
+            raise RuntimeError("simulated generator failure")
+        return z
+
+    with pytest.warns(RuntimeWarning, match=r"chain\(s\) \[0\] failed"):
+        r = bt.sample(flaky, logistic, "high:1", latent_dim=2, num_chains=3, num_samples=30, warmup=30,
+                      sigma=SIGMA, progress=False)
+    assert list(r.failed_chains) == [0] and "simulated generator failure" in r.failed_chains[0]
+    assert torch.isnan(r.z[0]).all() and torch.isfinite(r.z[1:]).all()
+    assert any("failed chains" in f for f in r.diagnose())
+    assert np.isfinite(r.summary().loc["z[0]", "mean"])  # computed over the healthy chains
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_chains=0), "num_chains must be an integer >= 1"),
+        (dict(num_samples=2.5), "num_samples must be an integer"),
+        (dict(warmup=-1), "warmup must be an integer >= 0"),
+        (dict(kernel="metropolis"), "unknown kernel 'metropolis'"),
+        (dict(init=torch.zeros(3, 2)), r"init must have shape \[num_chains, latent_dim\] = \[4, 2\]"),
+        (dict(sigma=0.0), "sigma must be a positive finite number"),
+        (dict(target="high:2"), "class index 2 is out of range for a classifier with 2 classes"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    kw = dict(target="high:1", num_chains=4, num_samples=5, warmup=5, progress=False) | kwargs
+    with pytest.raises(ValueError, match=message):
+        bt.sample(Identity(), logistic, kw.pop("target"), **kw)

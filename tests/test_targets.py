@@ -1,0 +1,106 @@
+import pytest
+import torch
+
+from bayestrex import targets
+from bayestrex.diagnostics import attained
+
+P = torch.tensor([[0.05, 0.10, 0.00, 0.40, 0.00, 0.00, 0.00, 0.00, 0.35, 0.10]])  # K = 10
+
+
+def test_high_is_the_class_probability():
+    t = targets.parse("high:3")
+    assert t.statistic(P).flatten().tolist() == pytest.approx([0.40])
+    assert t.value(10).tolist() == [1.0]
+    assert t.names(10) == ["p3"]
+
+
+def test_ambiguous_two_statistic_form_by_hand():
+    t = targets.parse("ambiguous:3,8")
+    # |0.40 - 0.35| = 0.05; min(0.40, 0.35) - max(others) = 0.35 - 0.10 = 0.25
+    assert t.statistic(P)[0].tolist() == pytest.approx([0.05, 0.25])
+    assert t.value(10).tolist() == [0.0, 0.5]
+
+
+def test_ambiguous_with_two_classes_has_no_others():
+    t = targets.Ambiguous(0, 1)
+    assert t.statistic(torch.tensor([[0.5, 0.5]]))[0].tolist() == pytest.approx([0.0, 0.5])
+
+
+def test_uniform_is_max_minus_min():
+    t = targets.parse("uniform")
+    assert t.statistic(P).flatten().tolist() == pytest.approx([0.40])
+    assert t.statistic(torch.full((1, 10), 0.1)).flatten().tolist() == pytest.approx([0.0])
+
+
+def test_graded_pins_the_whole_vector():
+    t = targets.parse("graded:1,7,0.3")
+    assert t.value(10).tolist() == pytest.approx([0, 0.3, 0, 0, 0, 0, 0, 0.7, 0, 0])
+    assert torch.equal(t.statistic(P), P)
+    assert t.names(10)[7] == "p7"
+
+
+def test_probs_target_and_custom_target():
+    q = [0.5, 0.5] + [0.0] * 8
+    assert targets.parse("probs:" + ",".join(map(str, q))).value(10).tolist() == q
+    top2 = targets.Custom(lambda p: p.topk(2, dim=-1).values.sum(-1), 0.9, names=["top2"])
+    top2.validate(10)
+    assert top2.statistic(P).flatten().tolist() == pytest.approx([0.75])
+
+
+def test_statistics_are_differentiable():
+    logits = torch.randn(4, 10, requires_grad=True)
+    for spec in ["high:0", "ambiguous:3,8", "uniform", "graded:1,7,0.3"]:
+        u = targets.parse(spec).statistic(torch.softmax(logits, -1))
+        (g,) = torch.autograd.grad(u.sum(), logits)
+        assert torch.isfinite(g).all() and g.abs().sum() > 0, spec
+
+
+def test_attainment_needs_every_statistic_within_tolerance():
+    u = torch.tensor([[0.02, 0.47], [0.02, 0.40], [0.06, 0.50]])
+    assert attained(u, torch.tensor([0.0, 0.5]), 0.05).tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("high:10", "class index 10 is out of range for a classifier with 10 classes"),
+        ("ambiguous:3,12", "class index 12 is out of range"),
+        ("graded:1,11,0.5", "out of range"),
+    ],
+)
+def test_class_index_checked_against_K(spec, message):
+    with pytest.raises(ValueError, match=message):
+        targets.parse(spec).validate(10)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("graded:1,7,1.5", r"alpha must be in \[0, 1\], got 1.5"),
+        ("graded:1,7,-0.1", r"must be in \[0, 1\]"),
+        ("probs:0.5,0.6", "must sum to 1"),
+        ("probs:1.5,-0.5", r"in \[0, 1\]"),
+        ("ambiguous:3,3", "two different classes"),
+        ("high:-1", "out of range"),
+        ("high:x", "integer class indices"),
+        ("ambiguous:3", "expects 2 integer"),
+        ("uniform:3", "takes no arguments"),
+        ("confident:3", "unknown target"),
+    ],
+)
+def test_bad_target_strings(spec, message):
+    with pytest.raises(ValueError, match=message):
+        targets.parse(spec)
+
+
+def test_probs_target_length_must_match_K():
+    with pytest.raises(ValueError, match="2 entries but the classifier has 10 classes"):
+        targets.parse("probs:0.5,0.5").validate(10)
+
+
+def test_custom_target_shape_is_checked():
+    bad = targets.Custom(lambda p: p[..., :3], [1.0, 0.0])
+    with pytest.raises(ValueError, match="one column per target value"):
+        bad.validate(10)
+    with pytest.raises(ValueError, match="tolerance"):
+        targets.High(0, tolerance=0)
