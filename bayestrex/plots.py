@@ -75,7 +75,7 @@ def statistic_hist(result, *, path=None):
         u = result.u[healthy][..., j].flatten().numpy()
         t = float(result.target_value[j])
         ax.axvspan(t - result.tolerance, t + result.tolerance, color="tab:green", alpha=0.15, label="± tolerance")
-        sns.histplot(u, ax=ax, bins=40, stat="density", color="tab:blue", edgecolor=None)
+        sns.histplot(u, ax=ax, bins=40, stat="probability", color="tab:blue", edgecolor=None)
         ax.axvline(t, color="tab:green", lw=1.5, label="target")
         within = float((np.abs(u - t) <= result.tolerance).mean())
         ax.set_title(f"{name}: {within:.0%} within ±{result.tolerance:g}", fontsize=8)

@@ -83,6 +83,8 @@ class PyroNUTS:
                  use_pyro_model: bool = False):
         if chains not in ("independent", "plate"):
             raise ValueError(f"chains must be 'independent' or 'plate', got {chains!r}")
+        if isinstance(max_tree_depth, bool) or not isinstance(max_tree_depth, int) or max_tree_depth < 1:
+            raise ValueError(f"max_tree_depth must be an integer >= 1, got {max_tree_depth!r}")
         if not 0 < target_accept < 1:
             raise ValueError(f"target_accept must be in (0, 1), got {target_accept}")
         self.chains, self.use_pyro_model = chains, use_pyro_model

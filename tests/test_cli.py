@@ -1,0 +1,46 @@
+import subprocess
+import sys
+
+import pytest
+
+import bayestrex as bt
+from bayestrex.cli import main
+
+
+@pytest.mark.parametrize("argv", [[], ["demo"], ["sample"], ["diagnose"], ["train"]])
+def test_help_everywhere(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    assert e.value.code == 0
+    assert "usage: bayestrex" in capsys.readouterr().out
+
+
+def test_sample_writes_result_figures_and_summary_then_diagnose_reads_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["sample", "--target", "high:0", "--chains", "2", "--samples", "15", "--warmup", "15",
+                 "--kernel", "nuts-plate", "--out", str(out), "--quiet"])
+    assert code == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"result.nc", "images.png", "statistics.png", "trace.png", "summary.md", "summary.json"} <= names
+    for png in ["images.png", "statistics.png", "trace.png"]:
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "| target | kernel |" in printed and "u[p0]" in printed and "attainment" in printed
+
+    r = bt.load(out / "result.nc")
+    assert r.z.shape == (2, 15, 5) and r.target == "high:0"
+    assert main(["diagnose", str(out / "result.nc")]) == 0
+    printed = capsys.readouterr().out
+    assert "Result(target='high:0'" in printed and "r_hat" in printed
+
+
+def test_bad_target_gives_one_clear_error(tmp_path, capsys):
+    code = main(["sample", "--target", "high:12", "--out", str(tmp_path), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "class index 12 is out of range for a classifier with 10 classes" in err
+
+
+def test_console_script_entry_point():
+    out = subprocess.run([sys.executable, "-m", "bayestrex.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "demo" in out.stdout and "diagnose" in out.stdout
