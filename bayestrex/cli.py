@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("train", help="train a dataset's reference VAE and classifier and write their weights",
-                       description="Train the VAE and the classifier with the dataset's recipe (bayestrex.nets.RECIPES).")
+                       description="Train the VAE and the classifier with the dataset's recipe "
+                                   "(bayestrex.nets.RECIPES).")
     p.add_argument("--dataset", default="digits", help="dataset (default: digits)")
     p.add_argument("--weights-dir", default=None, help="output folder (default: models/ or the cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

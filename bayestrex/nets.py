@@ -183,7 +183,8 @@ def load(path: str | os.PathLike) -> nn.Module:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise CheckpointError(f"checkpoint {path} is corrupt or untrusted (refused by weights_only loading): {e}") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or untrusted (refused by weights_only loading): {e}"
+                              ) from None
     try:
         model = arch(**config)
         model.load_state_dict(state)

@@ -77,7 +77,8 @@ class Posterior:
         if latent_dim is None:
             latent_dim = getattr(generator, "latent_dim", None)
             if latent_dim is None:
-                raise ValueError("latent_dim is required: pass latent_dim=... or give the generator a latent_dim attribute")
+                raise ValueError("latent_dim is required: pass latent_dim=... or give the generator a "
+                                 "latent_dim attribute")
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
 
@@ -98,7 +99,8 @@ class Posterior:
     def _resolve_device(self, device) -> torch.device:
         gen, clf = _module_device(self.generator, "generator"), _module_device(self.classifier, "classifier")
         if gen is not None and clf is not None and gen != clf:
-            raise ValueError(f"device mismatch: generator is on {gen} but classifier is on {clf}; move both to one device")
+            raise ValueError(f"device mismatch: generator is on {gen} but classifier is on {clf}; "
+                             "move both to one device")
         found = gen or clf
         if device is None:
             return found or torch.device("cpu")
@@ -123,7 +125,8 @@ class Posterior:
                 logits = self.classifier(x)
         except RuntimeError as e:
             if "device" in str(e):
-                raise ValueError(f"device mismatch while evaluating generator and classifier on {self.device}: {e}") from e
+                raise ValueError(f"device mismatch while evaluating generator and classifier on {self.device}: "
+                                 f"{e}") from e
             raise
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != z.shape[0]:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__

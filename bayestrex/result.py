@@ -118,7 +118,7 @@ class Result:
             dt.to_netcdf(tmp, engine="h5netcdf")
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Result":
+    def load(cls, path: str | os.PathLike) -> Result:
         """Read a result written by :meth:`save` (data only: no code is executed)."""
         import xarray as xr
 
@@ -132,7 +132,8 @@ class Result:
                 z=torch.from_numpy(post["z"].values), probs=torch.from_numpy(post["probs"].values),
                 u=torch.from_numpy(post["u"].values),
                 stats={k: torch.from_numpy(ss[k].values) for k in ss.data_vars},
-                target=attrs["bayestrex_target"], target_value=torch.from_numpy(dt["constant_data"]["target_value"].values),
+                target=attrs["bayestrex_target"],
+                target_value=torch.from_numpy(dt["constant_data"]["target_value"].values),
                 statistic_names=[str(s) for s in post["statistic"].values], tolerance=attrs["bayestrex_tolerance"],
                 sigma=attrs["bayestrex_sigma"], failed_chains=json.loads(attrs["bayestrex_failed_chains"]),
                 info=json.loads(attrs["bayestrex_info"]),

@@ -23,14 +23,14 @@ A new target is one subclass: set ``spec`` (its name in strings), implement ``st
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 __all__ = ["Target", "High", "Ambiguous", "Uniform", "Probabilities", "Graded", "Custom", "parse", "TARGETS"]
 
 #: string spec name -> Target subclass; filled by ``Target.__init_subclass__``.
-TARGETS: dict[str, type["Target"]] = {}
+TARGETS: dict[str, type[Target]] = {}
 
 
 def _class_index(name: str, value, num_classes: int | None = None) -> int:
@@ -94,7 +94,7 @@ class Target:
             raise ValueError(f"classifier must return logits for at least 2 classes, got {num_classes}")
 
     @classmethod
-    def from_args(cls, args: list[str]) -> "Target":
+    def from_args(cls, args: list[str]) -> Target:
         raise ValueError(f"target {cls.spec!r} has no string form")
 
     def __repr__(self) -> str:

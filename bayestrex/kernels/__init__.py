@@ -9,8 +9,9 @@ Per-draw sample statistics use ArviZ's names where one exists: ``diverging``, ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 

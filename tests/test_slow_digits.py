@@ -1,0 +1,20 @@
+"""Long runs on the shipped digits models (``make test-slow``): the acceptance figures of the README."""
+
+import pytest
+import torch
+
+import bayestrex as bt
+from bayestrex.kernels.pyro_nuts import PyroNUTS
+
+pytestmark = pytest.mark.slow
+
+
+def test_ambiguous_3_8_with_8_chains_by_300_draws():
+    torch.set_num_threads(1)
+    vae, clf = bt.nets.pretrained("digits")
+    r = bt.sample(vae.decoder, clf, "ambiguous:3,8", num_chains=8, num_samples=300, warmup=300,
+                  kernel=PyroNUTS(full_mass=True), progress=False)
+    p3, p8 = r.probs[..., 3], r.probs[..., 8]
+    blended = ((p3 - p8).abs() <= 0.1) & (torch.minimum(p3, p8) >= 0.4)
+    assert blended.float().mean() >= 0.9
+    assert r.summary()["r_hat"].max() <= 1.05
