@@ -34,7 +34,7 @@ def reference_moments():
     return mean, math.sqrt((w * (z - mean) ** 2).sum())
 
 
-@pytest.fixture(scope="module", params=["nuts", "nuts-plate"])
+@pytest.fixture(scope="module", params=["nuts", "nuts-plate", "hmc"])
 def result(request):
     return bt.sample(Identity(), logistic, "high:1", num_chains=4, num_samples=400, warmup=300, sigma=SIGMA,
                      kernel=request.param, seed=1, progress=False)
@@ -56,7 +56,7 @@ def test_result_shapes_and_datatree(result):
     assert set(dt.children) >= {"posterior", "sample_stats", "constant_data"}
     assert set(dt["posterior"].data_vars) == {"z", "u", "probs"}
     stats = set(dt["sample_stats"].data_vars)
-    assert {"diverging", "acceptance_rate", "step_size", "tree_depth", "n_steps", "energy"} <= stats
+    assert {"diverging", "acceptance_rate", "step_size", "n_steps", "energy"} <= stats
     assert dt["sample_stats"]["diverging"].dtype == bool
     acc = dt["sample_stats"]["acceptance_rate"].values
     assert ((acc >= 0) & (acc <= 1)).all() and acc.mean() > 0.5

@@ -61,4 +61,4 @@ def get(kernel) -> Kernel:
     return kernel
 
 
-from . import pyro_nuts  # noqa: E402,F401  (registers its kernels)
+from . import hmc, pyro_nuts  # noqa: E402,F401  (registers their kernels)
