@@ -34,7 +34,7 @@ def reference_moments():
     return mean, math.sqrt((w * (z - mean) ** 2).sum())
 
 
-@pytest.fixture(scope="module", params=["nuts", "nuts-plate", "hmc"])
+@pytest.fixture(scope="module", params=["nuts", "nuts-plate", "hmc", "chees"])
 def result(request):
     return bt.sample(Identity(), logistic, "high:1", num_chains=4, num_samples=400, warmup=300, sigma=SIGMA,
                      kernel=request.param, seed=1, progress=False)

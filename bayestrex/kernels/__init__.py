@@ -9,13 +9,14 @@ Per-draw sample statistics use ArviZ's names where one exists: ``diverging``, ``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
-__all__ = ["Draws", "Kernel", "register", "get", "KERNELS"]
+__all__ = ["Draws", "Kernel", "Density", "register", "get", "KERNELS"]
 
 
 @dataclass
@@ -33,6 +34,24 @@ class Kernel(Protocol):
 
     def run(self, posterior, z0: torch.Tensor, *, num_samples: int, warmup: int, seed: int,
             progress: bool) -> Draws: ...
+
+
+class Density:
+    """Any log density over ``R^d`` for the batched kernels (``hmc``, ``chees``), e.g. to test them on known targets.
+
+    ``log_density`` maps ``z [C, d]`` to ``[C]`` (differentiable with torch); ``kernel.run(Density(f, d), z0, ...)``.
+    """
+
+    def __init__(self, log_density: Callable[[torch.Tensor], torch.Tensor], latent_dim: int):
+        self.log_density, self.latent_dim = log_density, int(latent_dim)
+
+    def potential_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            pe = -self.log_density(z)
+            (grad,) = torch.autograd.grad(pe.sum(), z)
+        pe = pe.detach()
+        return torch.where(torch.isnan(pe), torch.full_like(pe, math.inf), pe), grad
 
 
 #: kernel name -> factory returning a default-configured kernel.
@@ -61,4 +80,4 @@ def get(kernel) -> Kernel:
     return kernel
 
 
-from . import hmc, pyro_nuts  # noqa: E402,F401  (registers their kernels)
+from . import chees, hmc, pyro_nuts  # noqa: E402,F401  (registers their kernels)
