@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.bayestrex-installed
 
-.PHONY: demo test test-slow lint train clean
+.PHONY: demo test test-slow bench lint train clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) analyses/bench_kernels.py --threads 1 --out analyses/results/bench_kernels
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -45,12 +45,21 @@ def _sample_and_report(target, vae, clf, out: Path, args, prefix: str) -> dict:
 
 
 def _kernel(args):
-    """The kernel named by --kernel, with the NUTS options applied when it is one of Pyro's NUTS kernels."""
+    """The kernel named by --kernel, with the options that apply to it."""
+    from .kernels import KERNELS
+    from .kernels.chees import ChEES
+    from .kernels.hmc import BatchedHMC
     from .kernels.pyro_nuts import PyroNUTS
 
     if args.kernel in ("nuts", "nuts-plate"):
         return PyroNUTS("plate" if args.kernel == "nuts-plate" else "independent",
                         max_tree_depth=args.max_tree_depth, full_mass=args.dense_mass)
+    if args.kernel == "hmc":
+        return BatchedHMC(max_steps=args.max_steps, dense_mass=True if args.dense_mass else None)
+    if args.kernel == "chees":
+        return ChEES(max_steps=args.max_steps)
+    if args.kernel not in KERNELS:
+        raise ValueError(f"--kernel must be one of {sorted(KERNELS)}, got {args.kernel!r}")
     return args.kernel
 
 
@@ -119,16 +128,20 @@ def cmd_train(args) -> int:
 
 
 def _sampling_args(p: argparse.ArgumentParser, chains: int, samples: int, warmup: int, kernel: str,
-                   max_tree_depth: int = 10) -> None:
+                   max_tree_depth: int = 10, max_steps: int = 1000) -> None:
     p.add_argument("--dataset", default="digits", help="dataset whose reference models to use (default: digits)")
     p.add_argument("--chains", type=int, default=chains, help=f"number of chains (default: {chains})")
     p.add_argument("--samples", type=int, default=samples, help=f"kept draws per chain (default: {samples})")
     p.add_argument("--warmup", type=int, default=warmup, help=f"warmup iterations per chain (default: {warmup})")
     p.add_argument("--sigma", type=float, default=0.05, help="likelihood width sigma (default: 0.05)")
-    p.add_argument("--kernel", default=kernel, help=f"sampling kernel: nuts or nuts-plate (default: {kernel})")
+    p.add_argument("--kernel", default=kernel, help=f"sampling kernel: nuts, nuts-plate (Pyro), hmc or chees "
+                   f"(batched, for many chains) (default: {kernel})")
     p.add_argument("--max-tree-depth", type=int, default=max_tree_depth,
                    help=f"NUTS: at most 2^DEPTH gradient evaluations per draw (default: {max_tree_depth})")
-    p.add_argument("--dense-mass", action="store_true", help="NUTS: adapt a dense mass matrix instead of a diagonal")
+    p.add_argument("--dense-mass", action="store_true", help="nuts, hmc: adapt a dense mass matrix instead of a "
+                   "diagonal (hmc and chees already do when latent_dim <= 32)")
+    p.add_argument("--max-steps", type=int, default=max_steps,
+                   help=f"hmc, chees: at most this many leapfrog steps per draw (default: {max_steps})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--weights-dir", default=None, help="folder of model weights (default: models/ or the cache)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1, often fastest)")
@@ -143,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="sample several targets on the digits models; write figures and a table",
                        description="Sample high:0, ambiguous:3,8, uniform and graded:1,7,0.3 with the digits VAE and "
                                    "classifier; write images, statistic histograms, traces and a summary table.")
-    _sampling_args(p, chains=4, samples=100, warmup=100, kernel="nuts-plate", max_tree_depth=6)
+    _sampling_args(p, chains=16, samples=100, warmup=100, kernel="chees", max_steps=64)
     p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
     p.add_argument("--targets", nargs="+", default=list(DEMO_TARGETS), help="targets to sample")
     p.set_defaults(func=cmd_demo)

@@ -44,3 +44,19 @@ def test_bad_target_gives_one_clear_error(tmp_path, capsys):
 def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "bayestrex.cli", "--help"], capture_output=True, text=True, check=True)
     assert "demo" in out.stdout and "diagnose" in out.stdout
+
+
+@pytest.mark.parametrize("kernel", ["hmc", "chees"])
+def test_sample_with_a_batched_kernel_and_its_step_cap(kernel, tmp_path):
+    out = tmp_path / kernel
+    code = main(["sample", "--target", "high:0", "--chains", "4", "--samples", "10", "--warmup", "10",
+                 "--kernel", kernel, "--max-steps", "8", "--out", str(out), "--quiet"])
+    assert code == 0
+    r = bt.load(out / "result.nc")
+    assert r.info["kernel"] == kernel and r.z.shape == (4, 10, 5)
+    assert int(r.stats["n_steps"].max()) <= 8
+
+
+def test_unknown_kernel_names_the_choices(tmp_path, capsys):
+    assert main(["sample", "--target", "high:0", "--kernel", "nutz", "--out", str(tmp_path), "--quiet"]) == 2
+    assert "--kernel must be one of ['chees', 'hmc', 'nuts', 'nuts-plate'], got 'nutz'" in capsys.readouterr().err

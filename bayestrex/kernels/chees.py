@@ -27,8 +27,18 @@ import torch
 from pyro.ops.dual_averaging import DualAveraging
 
 from . import Draws, register
-from .hmc import DENSE_UP_TO, HMCInfo, HMCState, Metric, Welford, _positive, _positive_int, _probability, run, \
-    warmup_schedule
+from .hmc import (
+    DENSE_UP_TO,
+    HMCInfo,
+    HMCState,
+    Metric,
+    Welford,
+    _positive,
+    _positive_int,
+    _probability,
+    run,
+    warmup_schedule,
+)
 
 
 def halton(n: int, base: int = 2) -> float:
@@ -124,8 +134,9 @@ class ChEESAdaptation:
         harmonic = 0.0 if len(acc) == 0 else float(1.0 / (1.0 / acc.clamp_min(1e-10)).mean())
         self.da.step(self.target_accept - harmonic)
         self.log_eps = float(self.da.get_state()[0])
-        # the trajectory never shorter than one step nor longer than max_steps steps; averaged with weight t^-0.5
-        self.log_T = min(max(self.log_T, self.log_eps), self.log_eps + math.log(self.max_steps))
+        # log T itself is not clipped to the step size: early dual-averaging swings of the step size (and its
+        # restarts at 10x after each mass window) would ratchet T up for good. Only the number of leapfrog steps is
+        # clamped to [1, max_steps] (in ``parameters``), and the final T in ``finish``. Averaged with weight t^-0.5.
         w = (it + 1) ** -0.5
         self.avg_log_T = (1 - w) * self.avg_log_T + w * self.log_T
         if it >= self.slow_start:
@@ -142,9 +153,11 @@ class ChEESAdaptation:
             self.log_eps = float(self.da.get_state()[1])
         if self.adapted_iterations:
             self.log_T = min(max(self.avg_log_T, self.log_eps), self.log_eps + math.log(self.max_steps))
+        self.final_steps = min(self.max_steps, max(1, math.ceil(self.trajectory_length / self.step_size)))
 
     def describe(self) -> dict:
         return dict(step_size=self.step_size, trajectory_length=self.trajectory_length,
+                    max_leapfrog_steps=getattr(self, "final_steps", None),
                     target_accept=self.target_accept, mass=self.mass, pooled_mass=self.pooled)
 
 

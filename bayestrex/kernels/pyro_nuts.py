@@ -101,7 +101,7 @@ class PyroNUTS:
         groups = [[c] for c in range(num_chains)] if self.chains == "independent" else [list(range(num_chains))]
         z = torch.full((num_chains, num_samples, d), float("nan"))
         stats = {k: torch.full((num_chains, num_samples), float("nan")) for k in STATS}
-        failed, grad_evals, t0 = {}, 0, time.perf_counter()
+        failed, grad_calls, grad_evals, t0 = {}, 0, 0, time.perf_counter()
         with tqdm(total=len(groups) * (warmup + num_samples), desc=self.name, disable=not progress,
                   unit="it") as bar:
             for i, chains in enumerate(groups):
@@ -117,14 +117,14 @@ class PyroNUTS:
                                   stacklevel=2)
                     bar.update(start + warmup + num_samples - bar.n)
                     continue
-                grad_evals += n * len(chains)
+                grad_calls, grad_evals = grad_calls + n, grad_evals + n * len(chains)
                 z[chains] = zs
                 for k in STATS:
                     stats[k][chains] = st[k]
         if len(failed) == num_chains:
             raise RuntimeError(f"every chain failed; first error: {next(iter(failed.values()))}")
         stats["diverging"] = stats["diverging"] == 1
-        info = dict(kernel=self.name, chains=self.chains, grad_evals=grad_evals,
+        info = dict(kernel=self.name, chains=self.chains, grad_calls=grad_calls, grad_evals=grad_evals,
                     sampling_seconds=time.perf_counter() - t0, **self.options)
         return Draws(z=z, stats=stats, failed=failed, info=info)
 
