@@ -86,6 +86,15 @@ def test_chees_adapts_like_blackjax_on_a_stretched_gaussian():
     assert (draws.stats["n_steps"] == draws.stats["n_steps"][:1]).all(), "every chain takes the same steps"
 
 
+def test_chees_trajectory_length_moves_only_by_its_own_optimiser():
+    # Regression: T was clipped to [step size, ...] every iteration, so a transient large step size in early dual
+    # averaging (or its 10x restart after a mass window) ratcheted T up for good (3.0 came out as 7.35).
+    normal = Density(lambda z: -0.5 * z.square().sum(-1), 2)
+    kernel = ChEES(initial_trajectory_length=3.0, learning_rate=1e-6)
+    draws = kernel.run(normal, start(16, 2), num_samples=5, warmup=150, seed=0, progress=False)
+    assert draws.info["trajectory_length"] == pytest.approx(3.0, rel=1e-3)
+
+
 def test_chees_gradient_by_hand():
     q = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
     q_prop = torch.tensor([[1.0, 0.0], [3.0, 1.0]])
