@@ -93,5 +93,6 @@ def overview(result) -> dict:
                 max_r_hat=round(float(df["r_hat"].max()), 3), min_ess_bulk=round(float(df["ess_bulk"].min()), 1),
                 min_ess_tail=round(float(df["ess_tail"].min()), 1),
                 divergences=int(div.bool().sum()) if div is not None else 0,
-                failed_chains=len(result.failed_chains), grad_evals=int(result.info.get("grad_evals", 0)),
+                failed_chains=len(result.failed_chains), stuck_chains=len(stuck_chains(result.z)),
+                grad_evals=int(result.info.get("grad_evals", 0)),
                 seconds=result.info.get("seconds", float("nan")))

@@ -54,6 +54,11 @@ class Result:
         healthy = [c for c in range(self.num_chains) if c not in self.failed_chains]
         return float(self.attained[healthy].float().mean()) if healthy else float("nan")
 
+    @property
+    def stuck_chains(self) -> list[int]:
+        """Indices of chains none of whose kept draws moved (kept in ``attainment``; ``diagnose`` flags them)."""
+        return diagnostics.stuck_chains(self.z)
+
     # -- images --------------------------------------------------------------------------------------------
     @torch.no_grad()
     def images(self, generator=None, *, batch_size: int = 1024) -> torch.Tensor:

@@ -5,11 +5,10 @@ Moments are checked within 4 Monte-Carlo standard errors (ArviZ's MCSE of the me
 
 import math
 
-import numpy as np
+import arviz_stats as azs
 import pytest
 import torch
 from arviz_base import from_dict
-import arviz_stats as azs
 
 from bayestrex.kernels import Density, get
 from bayestrex.kernels.chees import ChEES, chees_gradient, halton

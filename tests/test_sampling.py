@@ -115,11 +115,23 @@ def test_a_failing_chain_is_reported_not_dropped():
 
     with pytest.warns(RuntimeWarning, match=r"chain\(s\) \[0\] failed"):
         r = bt.sample(flaky, logistic, "high:1", latent_dim=2, num_chains=3, num_samples=30, warmup=30,
-                      sigma=SIGMA, progress=False)
+                      sigma=SIGMA, progress=False, init=torch.full((3, 2), 0.5))  # init: no generator calls before
     assert list(r.failed_chains) == [0] and "simulated generator failure" in r.failed_chains[0]
     assert torch.isnan(r.z[0]).all() and torch.isfinite(r.z[1:]).all()
     assert any("failed chains" in f for f in r.diagnose())
     assert np.isfinite(r.summary().loc["z[0]", "mean"])  # computed over the healthy chains
+
+
+def test_a_stuck_chain_is_reported_by_index_and_kept(result):
+    z = result.z.clone()
+    z[1] = z[1, :1]  # chain 1 never moves
+    stuck = bt.Result(z=z, probs=result.probs, u=result.u, stats=result.stats, target=result.target,
+                      target_value=result.target_value, statistic_names=result.statistic_names,
+                      tolerance=result.tolerance, sigma=result.sigma)
+    assert stuck.stuck_chains == [1] and result.stuck_chains == []
+    assert "stuck chains (no draw moved): [1]" in stuck.diagnose()
+    assert bt.diagnostics.overview(stuck)["stuck_chains"] == 1
+    assert stuck.attainment == result.attainment  # kept in attainment, flagged instead of dropped
 
 
 @pytest.mark.parametrize(
