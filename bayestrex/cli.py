@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -73,14 +74,28 @@ def _setup(args):
     return bt.nets.pretrained(args.dataset, directory=args.weights_dir, progress=not args.quiet)
 
 
-def cmd_demo(args) -> int:
+def _demo_target(args, target: str) -> dict:
+    """One demo target in a worker process: load the models, sample, write figures, return the table row."""
     vae, clf = _setup(args)
-    out = Path(args.out)
+    slug = target.replace(":", "_").replace(",", "_")
+    return _sample_and_report(target, vae, clf, Path(args.out), args, prefix=f"{slug}-")
+
+
+def cmd_demo(args) -> int:
     t0 = time.perf_counter()
-    rows = []
-    for target in args.targets:
-        slug = target.replace(":", "_").replace(",", "_")
-        rows.append(_sample_and_report(target, vae, clf, out, args, prefix=f"{slug}-"))
+    jobs = max(1, min(args.jobs, len(args.targets)))
+    if jobs == 1:
+        rows = [_demo_target(args, target) for target in args.targets]
+    else:  # one process per core, torch single-threaded in each (spawned: no forked thread pools)
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        if not args.quiet:
+            print(f"sampling {len(args.targets)} targets in {jobs} processes ...", flush=True)
+        args.quiet = True
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows = list(pool.map(_demo_target, [args] * len(args.targets), args.targets))
+    out = Path(args.out)
     md = _write_table(rows, out, "summary")
     print(md)
     print(f"\nwrote figures, results and summary.md to {out}/ in {time.perf_counter() - t0:.1f} s")
@@ -159,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(p, chains=16, samples=100, warmup=100, kernel="chees", max_steps=64)
     p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
     p.add_argument("--targets", nargs="+", default=list(DEMO_TARGETS), help="targets to sample")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="targets sampled in parallel processes (default: min(2, CPU count))")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("sample", help="sample one target; write the result file, figures and summary",

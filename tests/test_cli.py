@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -60,3 +61,17 @@ def test_sample_with_a_batched_kernel_and_its_step_cap(kernel, tmp_path):
 def test_unknown_kernel_names_the_choices(tmp_path, capsys):
     assert main(["sample", "--target", "high:0", "--kernel", "nutz", "--out", str(tmp_path), "--quiet"]) == 2
     assert "--kernel must be one of ['chees', 'hmc', 'nuts', 'nuts-plate'], got 'nutz'" in capsys.readouterr().err
+
+
+def test_demo_samples_targets_in_parallel_processes(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--targets", "high:0", "graded:1,7,0.3", "--chains", "2", "--samples", "5", "--warmup", "5",
+                 "--max-steps", "4", "--jobs", "2", "--out", str(out), "--quiet"])
+    assert code == 0
+    rows = json.loads((out / "summary.json").read_text())
+    assert [r["target"] for r in rows] == ["high:0", "graded:1,7,0.3"] and {r["kernel"] for r in rows} == {"chees"}
+    for slug in ("high_0", "graded_1_7_0.3"):
+        for kind in ("images", "statistics", "trace"):
+            assert (out / f"{slug}-{kind}.png").read_bytes()[:4] == b"\x89PNG"
+        assert bt.load(out / f"{slug}-result.nc").z.shape == (2, 5, 5)
+    assert "| high:0 | chees |" in capsys.readouterr().out
