@@ -35,6 +35,7 @@ import torch
 
 import bayestrex as bt
 from bayestrex._util import atomic_path
+from bayestrex._util import markdown_table as markdown
 from bayestrex.kernels.chees import ChEES
 from bayestrex.kernels.hmc import BatchedHMC
 from bayestrex.kernels.pyro_nuts import PyroNUTS
@@ -91,13 +92,6 @@ def run_row(vae, clf, target, label, kernel, chains, warmup, samples, sigma, see
 
 def _round(v):
     return round(float(v), 4) if isinstance(v, (int, float)) else None
-
-
-def markdown(rows: list[dict], columns: list[str]) -> str:
-    fmt = lambda v: "–" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))  # noqa: E731
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 COLUMNS = ["target", "kernel", "chains", "warmup", "draws", "wall_s", "ess_bulk", "ess_tail", "bulk_per_s",

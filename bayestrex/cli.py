@@ -12,18 +12,10 @@ from pathlib import Path
 DEMO_TARGETS = ("high:0", "ambiguous:3,8", "uniform", "graded:1,7,0.3")
 
 
-def _markdown(rows: list[dict]) -> str:
-    cols = list(rows[0])
-    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def _write_table(rows: list[dict], out: Path, stem: str) -> str:
-    from ._util import atomic_path
+    from ._util import atomic_path, markdown_table
 
-    md = _markdown(rows)
+    md = markdown_table(rows)
     with atomic_path(out / f"{stem}.md") as tmp:
         tmp.write_text(md + "\n")
     with atomic_path(out / f"{stem}.json") as tmp:
