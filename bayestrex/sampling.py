@@ -42,8 +42,9 @@ def sample(generator, classifier, target, *, latent_dim: int | None = None, num_
     sigma : float
         Width of the Gaussian relaxation of the level set (> 0).
     kernel : str or kernel object
-        ``"nuts"`` (Pyro NUTS, independent chains), ``"nuts-plate"`` (Pyro NUTS, chains as a plate), or any
-        object from :mod:`bayestrex.kernels`.
+        ``"nuts"`` (Pyro NUTS, independent chains), ``"nuts-plate"`` (Pyro NUTS, chains as a plate), ``"hmc"``
+        (batched HMC, per-chain tuning), ``"chees"`` (ChEES-HMC, for many chains), or a configured kernel object
+        from :mod:`bayestrex.kernels` (e.g. ``ChEES(max_steps=256)``).
     seed : int
         Same seed, same draws (on CPU).
     device : str or torch.device, optional
