@@ -209,7 +209,7 @@ class Posterior:
         3. the ``num_chains`` best of the pool by Gumbel top-k on the posterior density.
 
         Starting points do not bias MCMC; this only keeps chains out of basins that hold no posterior mass. A chain
-        that still starts in one is reported as stuck by the diagnostics.
+        that still starts in one shows up in R-hat (chains disagree) and attainment.
         """
         n = candidates or max(4096, 16 * num_chains)
         m = min(n, pool or 4 * num_chains)
@@ -225,8 +225,7 @@ class Posterior:
                 z.grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
                 opt.step()
             z = z.detach()
-        with torch.no_grad():
-            log_density = torch.cat([self.log_density(b) for b in z.split(batch_size)])
+        log_density = torch.cat([self.log_density(b) for b in z.split(batch_size)])
         return z[_gumbel_top_k(log_density, num_chains, g)]
 
 

@@ -82,18 +82,16 @@ class Result:
         K = self.probs.shape[-1]
         with warnings.catch_warnings():  # many short chains (batched kernels) are intended here, not a mix-up
             warnings.filterwarnings("ignore", message="Found chain dimension to be longer than draw dimension")
-            dt = self._from_dict(from_dict, K)
+            dt = from_dict(
+                {"posterior": {"z": self.z.numpy(), "u": self.u.numpy(), "probs": self.probs.numpy()},
+                 "sample_stats": {k: v.numpy() for k, v in self.stats.items()},
+                 "constant_data": {"target_value": self.target_value.numpy()}},
+                dims={"z": ["latent"], "u": ["statistic"], "probs": ["class"], "target_value": ["statistic"]},
+                coords={"statistic": self.statistic_names, "class": np.arange(K),
+                        "latent": np.arange(self.z.shape[-1])},
+            )
         dt.attrs.update(self._attrs())
         return dt
-
-    def _from_dict(self, from_dict, K):
-        return from_dict(
-            {"posterior": {"z": self.z.numpy(), "u": self.u.numpy(), "probs": self.probs.numpy()},
-             "sample_stats": {k: v.numpy() for k, v in self.stats.items()},
-             "constant_data": {"target_value": self.target_value.numpy()}},
-            dims={"z": ["latent"], "u": ["statistic"], "probs": ["class"], "target_value": ["statistic"]},
-            coords={"statistic": self.statistic_names, "class": np.arange(K), "latent": np.arange(self.z.shape[-1])},
-        )
 
     def _attrs(self) -> dict:
         return dict(bayestrex_target=self.target, bayestrex_sigma=self.sigma, bayestrex_tolerance=self.tolerance,

@@ -153,11 +153,10 @@ class ChEESAdaptation:
             self.log_eps = float(self.da.get_state()[1])
         if self.adapted_iterations:
             self.log_T = min(max(self.avg_log_T, self.log_eps), self.log_eps + math.log(self.max_steps))
-        self.final_steps = min(self.max_steps, max(1, math.ceil(self.trajectory_length / self.step_size)))
 
     def describe(self) -> dict:
         return dict(step_size=self.step_size, trajectory_length=self.trajectory_length,
-                    max_leapfrog_steps=getattr(self, "final_steps", None),
+                    max_leapfrog_steps=min(self.max_steps, max(1, math.ceil(self.trajectory_length / self.step_size))),
                     target_accept=self.target_accept, mass=self.mass, pooled_mass=self.pooled)
 
 
