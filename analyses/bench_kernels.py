@@ -1,6 +1,6 @@
 """Kernel benchmark: Pyro NUTS (1 chain, and C chains as a plate) against the batched kernels ``hmc`` and ``chees``.
 
-    python analyses/bench_kernels.py                       # the full table (hours on 2 CPU cores; minutes on a GPU)
+    python analyses/bench_kernels.py                       # the full table (hours on 2 CPU cores)
     python analyses/bench_kernels.py --quick --out /tmp/b  # a smoke run (seconds)
 
 Every row samples the digits VAE + CNN posterior of one target with the same ``sigma``, in one process on one
