@@ -63,7 +63,8 @@ def _setup(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    return bt.nets.pretrained(args.dataset, directory=args.weights_dir, progress=not args.quiet)
+    return bt.nets.pretrained(args.dataset, directory=args.weights_dir, data_root=args.data_root,
+                              progress=not args.quiet)
 
 
 def _demo_target(args, target: str) -> dict:
@@ -129,7 +130,11 @@ def cmd_diagnose(args) -> int:
 def cmd_train(args) -> int:
     import bayestrex as bt
 
-    figures = bt.nets.train(args.dataset, directory=args.weights_dir, progress=not args.quiet)
+    names = args.models
+    if names == ["all"]:
+        names = ["vae", "classifier", "gan", "classifier-split", "vae-split"] + [f"vae-without-{c}" for c in range(10)]
+    figures = bt.nets.train(args.dataset, names, directory=args.weights_dir, data_root=args.data_root,
+                            progress=not args.quiet)
     print(json.dumps(figures, indent=2))
     return 0
 
@@ -151,6 +156,8 @@ def _sampling_args(p: argparse.ArgumentParser, chains: int, samples: int, warmup
                    help=f"hmc, chees: at most this many leapfrog steps per draw (default: {max_steps})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--weights-dir", default=None, help="folder of model weights (default: models/ or the cache)")
+    p.add_argument("--data-root", default=None, help="mnist, fashion-mnist: folder of IDX files (default: the "
+                   "installed data source)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1, often fastest)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -184,10 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit with status 1 when any warning is raised")
     p.set_defaults(func=cmd_diagnose)
 
-    p = sub.add_parser("train", help="train a dataset's reference VAE and classifier and write their weights",
-                       description="Train the VAE and the classifier with the dataset's recipe "
-                                   "(bayestrex.nets.RECIPES).")
-    p.add_argument("--dataset", default="digits", help="dataset (default: digits)")
+    p = sub.add_parser("train", help="train a dataset's reference models and write their weights",
+                       description="Train zoo models with the dataset's recipe (bayestrex.nets.recipe, seed 0).")
+    p.add_argument("--dataset", default="digits", help="dataset: digits, mnist, fashion-mnist (default: digits)")
+    p.add_argument("--models", nargs="+", default=["vae", "classifier"],
+                   help="vae, classifier, gan, classifier-split, vae-split, vae-without-C, or all "
+                        "(default: vae classifier)")
+    p.add_argument("--data-root", default=None, help="folder of IDX files (default: the installed data source)")
     p.add_argument("--weights-dir", default=None, help="output folder (default: models/ or the cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
