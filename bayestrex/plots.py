@@ -17,7 +17,7 @@ import torch  # noqa: E402
 
 from ._util import atomic_path  # noqa: E402
 
-__all__ = ["image_grid", "statistic_hist", "trace", "save"]
+__all__ = ["image_grid", "statistic_hist", "trace", "montage", "save"]
 
 
 def save(fig, path) -> None:
@@ -109,4 +109,27 @@ def trace(result, *, max_dims: int = 6, path=None):
     axes[0, 1].set_title("rank histogram per chain", fontsize=8)
     fig.suptitle(f"{result.target}: {len(healthy)} chains x {result.num_draws} draws", fontsize=9)
     fig.tight_layout()
+    return _finish(fig, path)
+
+
+def montage(rows, *, cols: int = 8, titles=None, path=None, suptitle: str | None = None):
+    """Image rows side by side: ``rows`` is a list of ``(label, images [n, C, H, W])``; each row shows up to ``cols``
+    images, with the row's label on the left and, when ``titles`` (a list of lists of strings) is given, a small
+    title over each image."""
+    n_rows = max(len(rows), 1)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(1.1 * cols + 1.2, 1.25 * n_rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    for r, (label, images) in enumerate(rows):
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+        for c, img in enumerate(images[:cols]):
+            img = img[0] if img.dim() == 3 and img.shape[0] == 1 else img.permute(1, 2, 0) if img.dim() == 3 else img
+            axes[r, c].imshow(img.clamp(0, 1).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+            if titles is not None and c < len(titles[r]):
+                axes[r, c].set_title(titles[r][c], fontsize=6)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
     return _finish(fig, path)

@@ -28,3 +28,84 @@ def test_kernel_benchmark_quick_run_writes_its_table(tmp_path):
         assert r["grad_evals_per_s"] > 0 and r["overhead"] > 0.5  # a kernel cannot beat its own gradients by 2x
         assert r["x_bulk"] == round(r["bulk_per_s"] / rows[0]["bulk_per_s"], 1)
     assert rows[0]["x_bulk"] == 1.0
+
+
+# -- the Bayes-TrEx studies, on digits with tiny zoo models trained into a temporary folder -----------------------
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from bayestrex import nets  # noqa: E402
+
+
+@pytest.fixture
+def tiny_zoo(tmp_path, monkeypatch):
+    """Digits zoo models trained in seconds into tmp_path/weights; study modules importable as scripts."""
+    monkeypatch.setitem(nets.RECIPES, "digits", dict(vae=dict(latent_dim=5, hidden=64, epochs=20, batch_size=128),
+                                                      cnn=dict(epochs=8, batch_size=64),
+                                                      gan=dict(latent_dim=5, hidden=32, epochs=1)))
+    monkeypatch.syspath_prepend(str(ROOT / "analyses"))
+    return ["--dataset", "digits", "--quick", "--quiet", "--threads", "1", "--weights-dir", str(tmp_path / "w"),
+            "--out", str(tmp_path / "out")]
+
+
+def _saved(tmp_path, name):
+    return json.loads((tmp_path / "out" / "digits" / f"{name}.json").read_text())
+
+
+def test_level_sets_study_smoke(tmp_path, tiny_zoo):
+    study = _module("level_sets")
+    tables = study.main(tiny_zoo)
+    groups = list(tables)
+    assert [r["target"] for r in tables[groups[0]]] == ["high:0", "high:1"]
+    assert len(tables[groups[1]]) == 1 and tables[groups[1]][0]["target"].startswith("ambiguous:")
+    assert [r["target"].rsplit(",", 1)[1] for r in tables[groups[2]]] == ["0", "0.5", "1"]
+    for rows in tables.values():
+        for r in rows:
+            assert 0 <= r["attainment"] <= 1 and r["failed_chains"] == 0
+    saved = _saved(tmp_path, "level_sets")
+    assert saved["settings"]["chains"] == 4 and saved["tables"]["high confidence"] == tables["high confidence"]
+    for fig in ("high", "ambiguous", "graded", "graded-sweep"):
+        assert (tmp_path / "out" / "digits" / f"level_sets-{fig}.png").stat().st_size > 1000
+
+
+def test_confused_pairs_counts_both_directions():
+    study = _module("level_sets")
+
+    class Fixed(torch.nn.Module):  # predicts the class stored in the first pixel
+        def forward(self, x):
+            return torch.nn.functional.one_hot(x[:, 0, 0, 0].long(), 4).float() * 10
+
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    preds = torch.tensor([1, 0, 0, 1, 3, 2, 2, 2])  # 0<->1 confused twice, 2<->3 three times
+    images = preds.float().view(-1, 1, 1, 1)
+    assert study.confused_pairs(Fixed(), images, labels, k=2) == [(2, 3, 3), (0, 1, 2)]
+
+
+def test_adversarial_study_smoke(tmp_path, tiny_zoo):
+    rows = _module("adversarial").main(tiny_zoo + ["--classes", "3"])
+    assert len(rows) == 1 and rows[0]["target"] == "high:3" and 0 <= rows[0]["frac_p_ge_0.9"] <= 1
+    # the generator really is the one trained without 3
+    meta = json.loads((tmp_path / "w" / "digits" / "vae-without-3.json").read_text())
+    assert 3 not in meta["classes"] and len(meta["classes"]) == 9
+    assert (tmp_path / "out" / "digits" / "adversarial-draws.png").is_file()
+
+
+def test_novel_class_study_smoke(tmp_path, tiny_zoo):
+    tables = _module("novel_class").main(tiny_zoo)
+    test_rows, sample_rows, drawn_rows = tables.values()
+    assert [r["novel class"] for r in test_rows] == ["2", "4", "5", "7", "8"]
+    for r in test_rows:  # every novel test image is predicted as one of the 5 known classes
+        assert sum(r[f"-> {k}"] for k in "01369") == pytest.approx(1, abs=0.01)
+    assert sum(r["n"] for r in test_rows) == 179  # novel-class images in the digits test split
+    assert sum(r["n"] for r in drawn_rows) == 2 * 4 * 10  # every draw of both targets, none dropped
+    assert [r["target"] for r in sample_rows] == ["high:0", "high:1"]
+
+
+def test_overconfidence_study_smoke(tmp_path, tiny_zoo):
+    level, hist = _module("overconfidence").main(tiny_zoo).values()
+    assert [r["level set"] for r in level][-1] == "uniform" and len(level) == 2
+    for r in level:
+        assert r["test images"] == 360 and 0 <= r["test in level set"] <= 360
+        assert r["sampler attained draws"] <= 40 and r["sampler grad evals"] > 0
+    for r in hist:
+        assert sum(v for k, v in r.items() if k.startswith("max conf")) == pytest.approx(1, abs=1e-3)
