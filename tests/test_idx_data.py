@@ -129,3 +129,4 @@ def test_zoo_trains_on_first_use_and_caches(tmp_path, monkeypatch, capsys):
     assert gen.meta["classes"] == [0, 1, 2, 4, 5, 6, 7, 8, 9] and gen.meta["train_examples"] == 180
     gan = nets.get("mnist", "gan", directory=weights, data_root=root, progress=False)
     assert gan.generator(torch.zeros(2, 3)).shape == (2, 1, 28, 28)
+    assert len(gan.meta["class_shares"]) == 10 and sum(gan.meta["class_shares"]) == pytest.approx(1, abs=0.01)
