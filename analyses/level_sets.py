@@ -2,9 +2,10 @@
 confused pairs of the test-set confusion matrix, and graded levels alpha = 0, 0.1, ..., 1 for the most confused pair.
 
     python analyses/level_sets.py --dataset mnist           # also fashion-mnist, digits
+    python analyses/level_sets.py --dataset mnist --generator gan   # the same through the GAN
     python analyses/level_sets.py --dataset digits --quick  # a smoke run
 
-Writes ``level_sets.md`` / ``.json`` (attainment and diagnostics for every target) and figures (draws per target;
+Writes ``level_sets.md`` (``level_sets-gan.md`` with the GAN) / ``.json`` (attainment and diagnostics for every target) and figures (draws per target;
 the graded sweep's mean probabilities against alpha) into ``--out/<dataset>/``.
 """
 
@@ -34,8 +35,10 @@ def confused_pairs(classifier, images, labels, k: int = 5) -> list[tuple[int, in
 
 
 def main(argv=None) -> dict:
-    args = parser("Bayes-TrEx level sets: high confidence, ambiguity, graded levels").parse_args(argv)
-    study = Study("level_sets", args)
+    p = parser("Bayes-TrEx level sets: high confidence, ambiguity, graded levels")
+    p.add_argument("--generator", choices=["vae", "gan"], default="vae", help="zoo generator (default: vae)")
+    args = p.parse_args(argv)
+    study = Study("level_sets" if args.generator == "vae" else f"level_sets-{args.generator}", args)
     clf = study.model("classifier")
     x_test, y_test = study.data("test")
     pairs = confused_pairs(clf, x_test, y_test, k=1 if args.quick else 5)
@@ -50,7 +53,7 @@ def main(argv=None) -> dict:
     for group, targets in groups.items():
         rows, montage_rows, titles = [], [], []
         for target in targets:
-            result, images = study.sample("vae", "classifier", target)
+            result, images = study.sample(args.generator, "classifier", target)
             row = study.row(result)
             if target.startswith("ambiguous"):
                 p, q = (int(s) for s in target.split(":")[1].split(","))

@@ -75,3 +75,21 @@ def test_demo_samples_targets_in_parallel_processes(tmp_path, capsys):
             assert (out / f"{slug}-{kind}.png").read_bytes()[:4] == b"\x89PNG"
         assert bt.load(out / f"{slug}-result.nc").z.shape == (2, 5, 5)
     assert "| high:0 | chees |" in capsys.readouterr().out
+
+
+def test_train_reads_a_data_root_and_reports_missing_data(tmp_path, monkeypatch, capsys):
+    from test_idx_data import _write_dataset
+
+    from bayestrex import nets
+
+    root = _write_dataset(tmp_path / "idx", n_train=100, n_test=30)
+    monkeypatch.setitem(nets.RECIPES, "mnist", dict(cnn=dict(arch=dict(pool_between=True), epochs=2, batch_size=50)))
+    code = main(["train", "--dataset", "mnist", "--models", "classifier-split", "--data-root", str(root),
+                 "--weights-dir", str(tmp_path / "w"), "--quiet"])
+    assert code == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["classifier-split"]["train_examples"] == 50  # the 5 classifier classes of 10 equal classes
+    assert (tmp_path / "w" / "mnist" / "classifier-split.pt").is_file()
+    code = main(["train", "--dataset", "fashion-mnist", "--data-root", str(tmp_path / "nowhere"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "fashion-mnist: folder" in err and "dataset-fashion-mnist" in err
