@@ -5,8 +5,9 @@ confused pairs of the test-set confusion matrix, and graded levels alpha = 0, 0.
     python analyses/level_sets.py --dataset mnist --generator gan   # the same through the GAN
     python analyses/level_sets.py --dataset digits --quick  # a smoke run
 
-Writes ``level_sets.md`` (``level_sets-gan.md`` with the GAN) / ``.json`` (attainment and diagnostics for every target) and figures (draws per target;
-the graded sweep's mean probabilities against alpha) into ``--out/<dataset>/``.
+Writes ``level_sets.md`` (``level_sets-gan.md`` with the GAN) / ``.json`` (attainment and diagnostics for every
+target) and figures (draws per target; the graded sweep's mean probabilities against alpha) into
+``--out/<dataset>/``.
 """
 
 from __future__ import annotations

@@ -55,7 +55,8 @@ class Posterior:
     sigma : float
         Standard deviation of the Gaussian relaxation of the level set (Bayes-TrEx uses 0.05).
     prior_loc, prior_scale : tensor or float
-        Mean and standard deviation of the Gaussian prior over ``z`` (default N(0, I)).
+        Mean and standard deviation of the Gaussian prior over ``z`` (default N(0, I)). ``prior_loc`` may be
+        ``[num_chains, latent_dim]``: one centre per chain (a proximity prior around N data points' codes).
     device : str or torch.device, optional
         Where to evaluate; defaults to the device of the generator's parameters, else CPU.
     check_logits : bool
@@ -86,7 +87,14 @@ class Posterior:
         self.latent_dim, self.sigma = latent_dim, sigma
         self.device = self._resolve_device(device)
         self.dtype = _module_dtype(generator) or torch.float32
-        self.prior_loc = torch.as_tensor(prior_loc, dtype=self.dtype, device=self.device).expand(latent_dim).clone()
+        loc = torch.as_tensor(prior_loc, dtype=self.dtype, device=self.device)
+        if loc.dim() == 2:  # one prior centre per chain (e.g. xGEMs / CDeepEx from N data points at once)
+            if loc.shape[1] != latent_dim:
+                raise ValueError(f"prior_loc must have shape [latent_dim] or [num_chains, latent_dim] with "
+                                 f"latent_dim = {latent_dim}, got {tuple(loc.shape)}")
+            self.prior_loc = loc.clone()
+        else:
+            self.prior_loc = loc.expand(latent_dim).clone()
         self.prior_scale = torch.as_tensor(prior_scale, dtype=self.dtype, device=self.device).expand(latent_dim).clone()
         if not (self.prior_scale > 0).all():
             raise ValueError("prior_scale must be positive")
@@ -113,7 +121,8 @@ class Posterior:
 
     def _probe(self, check_logits: bool) -> int:
         g = torch.Generator().manual_seed(0)
-        z = torch.randn(4, self.latent_dim, generator=g).to(self.device, self.dtype) * self.prior_scale + self.prior_loc
+        n = len(self.prior_loc) if self.prior_loc.dim() == 2 else 4
+        z = torch.randn(n, self.latent_dim, generator=g).to(self.device, self.dtype) * self.prior_scale + self.prior_loc
         try:
             with torch.no_grad():
                 x = self.generator(z)
@@ -211,6 +220,9 @@ class Posterior:
         Starting points do not bias MCMC; this only keeps chains out of basins that hold no posterior mass. A chain
         that still starts in one shows up in R-hat (chains disagree) and attainment.
         """
+        if self.prior_loc.dim() == 2:
+            raise ValueError("initial_points needs one prior centre for all chains; with a per-chain prior_loc "
+                             "pass init= (e.g. the prior centres themselves)")
         n = candidates or max(4096, 16 * num_chains)
         m = min(n, pool or 4 * num_chains)
         g = torch.Generator().manual_seed(seed)

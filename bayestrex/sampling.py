@@ -90,6 +90,9 @@ def sample(generator, classifier, target, *, latent_dim: int | None = None, num_
 @torch.no_grad()
 def _probs(post: Posterior, z: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """Classifier probabilities ``[C, S, K]`` of the draws (NaN for a failed chain's NaN draws)."""
+    if post.prior_loc.dim() == 2:  # per-chain models (e.g. a residual per chain): decode draw by draw, C rows each
+        return torch.stack([post.probs(z[:, t].to(post.device, post.dtype)).float().cpu()
+                            for t in range(z.shape[1])], dim=1)
     flat = z.reshape(-1, z.shape[-1])
     out = torch.full((len(flat), post.num_classes), float("nan"))
     ok = torch.isfinite(flat).all(-1)

@@ -9,6 +9,7 @@ spec                   statistics u(p)                                          
 =====================  ==========================================================  ==================
 ``high:C``             ``p_C``                                                     ``1``
 ``ambiguous:A,B``      ``|p_A - p_B|``,  ``min(p_A, p_B) - max_{k∉{A,B}} p_k``       ``0``, ``0.5``
+``boundary:A,B[,M]``   ``log p_A - log p_B``,  violation of ``log p_{A,B} - log p_k >= M``  ``0``, ``0``
 ``uniform``            ``max_k p_k - min_k p_k``                                   ``0``
 ``graded:A,B,ALPHA``   ``p_0, …, p_{K-1}``                                         ``p_A = ALPHA``, ``p_B = 1 - ALPHA``,
                                                                                    others ``0``
@@ -27,7 +28,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["Target", "High", "Ambiguous", "Uniform", "Probabilities", "Graded", "Custom", "parse", "TARGETS"]
+__all__ = ["Target", "High", "Ambiguous", "Boundary", "Uniform", "Probabilities", "Graded", "Custom", "parse",
+           "TARGETS"]
 
 #: string spec name -> Target subclass; filled by ``Target.__init_subclass__``.
 TARGETS: dict[str, type[Target]] = {}
@@ -172,6 +174,67 @@ class Ambiguous(Target):
 
     def __repr__(self):
         return f"ambiguous:{self.a},{self.b}"
+
+
+class Boundary(Target):
+    """On the decision boundary between ``a`` and ``b``, every other class below both (CDeepEx's constraints).
+
+    With log-probabilities ``l``: ``h = l_a - l_b`` (target 0) and the constraint violation
+    ``v = max(0, max_k (margin - (l_a - l_k)), max_k (margin - (l_b - l_k)))`` over ``k ∉ {a, b}`` (target 0; zero when
+    both beat every other class by ``margin``). Its posterior with a prior centred at ``z0`` is CDeepEx's problem
+    relaxed by ``sigma``; :meth:`constraints` gives the raw ``h`` and ``g <= 0`` that :func:`bayestrex.special.cdeepex`
+    enforces exactly.
+    """
+
+    spec = "boundary"
+
+    def __init__(self, a: int, b: int, *, margin: float = 0.0, tolerance: float = 0.05):
+        super().__init__(tolerance=tolerance)
+        self.a, self.b = _class_index("class index a", a), _class_index("class index b", b)
+        if self.a == self.b:
+            raise ValueError(f"boundary target needs two different classes, got a = b = {self.a}")
+        self.margin = float(margin)
+        if not (self.margin >= 0 and math.isfinite(self.margin)):
+            raise ValueError(f"boundary margin must be a finite number >= 0, got {margin}")
+
+    def constraints(self, probs) -> tuple[torch.Tensor, torch.Tensor]:
+        """``h [...]`` (equality, ``= 0`` on the boundary) and ``g [..., 2(K-2)]`` (inequalities, ``<= 0`` when met)."""
+        llh = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+        keep = [k for k in range(probs.shape[-1]) if k not in (self.a, self.b)]
+        la, lb, lk = llh[..., self.a], llh[..., self.b], llh[..., keep]
+        g = torch.cat([self.margin - (la.unsqueeze(-1) - lk), self.margin - (lb.unsqueeze(-1) - lk)], dim=-1)
+        return la - lb, g
+
+    def statistic(self, probs):
+        h, g = self.constraints(probs)
+        violation = g.clamp_min(0).amax(dim=-1) if g.shape[-1] else torch.zeros_like(h)
+        return torch.stack([h, violation], dim=-1)
+
+    def value(self, num_classes):
+        return torch.zeros(2)
+
+    def names(self, num_classes):
+        return [f"logratio_{self.a}_{self.b}", f"violation_{self.a}_{self.b}"]
+
+    def validate(self, num_classes):
+        Target.validate(self, num_classes)
+        _class_index("class index a", self.a, num_classes)
+        _class_index("class index b", self.b, num_classes)
+
+    @classmethod
+    def from_args(cls, args):
+        if len(args) == 3:
+            a, b = _ints(args[:2], 2, "boundary:A,B[,MARGIN]")
+            try:
+                return cls(a, b, margin=float(args[2]))
+            except ValueError as e:
+                raise ValueError(f"target 'boundary:A,B,MARGIN' expects a margin >= 0, got {args[2]!r}: {e}"
+                                 ) from None
+        a, b = _ints(args, 2, "boundary:A,B[,MARGIN]")
+        return cls(a, b)
+
+    def __repr__(self):
+        return f"boundary:{self.a},{self.b}" + (f",{self.margin:g}" if self.margin else "")
 
 
 class Uniform(Target):
@@ -340,7 +403,7 @@ def parse(text: str | Target) -> Target:
     name, _, rest = text.strip().partition(":")
     cls = TARGETS.get(name.strip().lower())
     if cls is None:
-        forms = "high:C, ambiguous:A,B, uniform, graded:A,B,ALPHA, probs:Q0,...,QK-1"
+        forms = "high:C, ambiguous:A,B, boundary:A,B[,MARGIN], uniform, graded:A,B,ALPHA, probs:Q0,...,QK-1"
         raise ValueError(f"unknown target {text!r}; expected one of {forms}")
     args = [a.strip() for a in rest.split(",")] if rest.strip() else []
     return cls.from_args(args)
