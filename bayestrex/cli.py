@@ -1,4 +1,5 @@
-"""The ``bayestrex`` command: ``demo``, ``sample``, ``diagnose``, ``train``. Thin: it calls the library."""
+"""The ``bayestrex`` command: ``demo``, ``sample``, ``diagnose``, ``train``, ``xgems``, ``cdeepex``. Thin: it calls
+the library."""
 
 from __future__ import annotations
 
@@ -139,6 +140,135 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _explained_input(args):
+    """``(generator, encoder, classifier, x [1, ...], label or None, class names)`` for xgems / cdeepex."""
+    import torch
+
+    import bayestrex as bt
+
+    torch.set_num_threads(args.threads)
+    get = lambda name: bt.nets.get(args.dataset, name, directory=args.weights_dir,  # noqa: E731
+                                   data_root=args.data_root, progress=not args.quiet)
+    gen_model, clf = get(args.generator), get("classifier")
+    shape = tuple(gen_model.config["image_shape"])
+    if args.image is not None:
+        import matplotlib.image
+
+        img = torch.as_tensor(matplotlib.image.imread(args.image), dtype=torch.float32)
+        if img.dim() == 3:  # RGB(A) -> gray
+            img = img[..., :3].mean(-1)
+        if img.max() > 1:
+            img = img / 255.0
+        if (1, *img.shape) != shape:
+            raise ValueError(f"--image {args.image} is {tuple(img.shape)} pixels; the {args.dataset} models expect "
+                             f"{shape[1:]} (grayscale)")
+        x, label = img.view(1, *shape), None
+    else:
+        images, labels = bt.data.load(args.dataset, "test", root=args.data_root)
+        if not 0 <= args.index < len(images):
+            raise ValueError(f"--index must be in [0, {len(images) - 1}] (the {args.dataset} test split), "
+                             f"got {args.index}")
+        x, label = images[args.index:args.index + 1], int(labels[args.index])
+    encoder = gen_model.encoder if args.generator == "vae" else None
+    return gen_model.generator, encoder, clf, x, label, bt.data.CLASS_NAMES[args.dataset]
+
+
+def _second_class(clf, x) -> tuple[int, int]:
+    import torch
+
+    with torch.no_grad():
+        top = clf(x).softmax(-1)[0].topk(2).indices.tolist()
+    return top[0], top[1]
+
+
+def cmd_xgems(args) -> int:
+    import torch
+
+    import bayestrex as bt
+
+    gen, enc, clf, x, label, names = _explained_input(args)
+    pred, second = _second_class(clf, x)
+    target = second if args.target is None else args.target
+    if not 0 <= target < len(names):
+        raise ValueError(f"--target must be a class index in [0, {len(names) - 1}], got {target}")
+    res = bt.special.xgems(gen, clf, x, target, encoder=enc, sigma=args.sigma, prior_scale=args.prior_scale,
+                           step=args.step, max_steps=args.max_steps)
+    p = res.path
+    n = int(p.length[0]) + 1
+    with torch.no_grad():
+        images = bt.special.Residual(gen, res.delta)(p.z[:n, 0])
+    out = Path(args.out)
+    bt.plots.walk(images, p.probs[:n, 0, target], p.distance[:n, 0], steepness=res.steepness[0],
+                  midpoint=res.midpoint[0], switch=int(p.switch[0]), path=out / "xgems-path.png",
+                  title=f"xGEMs: {names[pred]} -> {names[target]}")
+    numbers = dict(label=label, predicted=pred, target=target, switched=bool(res.switched[0]),
+                   switch_step=int(p.switch[0]), distance_at_switch=round(float(p.distance[int(p.switch[0]), 0]), 4)
+                   if res.switched[0] else None, steps=n - 1, steepness=round(float(res.steepness[0]), 4),
+                   midpoint=round(float(res.midpoint[0]), 4),
+                   probs_at_xgem=[round(v, 4) for v in res.probs[0].tolist()])
+    _write_json(numbers, out / "xgems.json")
+    print(json.dumps(numbers, indent=2))
+    print(f"wrote xgems-path.png and xgems.json to {out}/")
+    return 0
+
+
+def cmd_cdeepex(args) -> int:
+    import torch
+
+    import bayestrex as bt
+
+    gen, enc, clf, x, label, names = _explained_input(args)
+    pred, second = _second_class(clf, x)
+    true = pred if args.true is None else args.true
+    probe = second if args.probe is None else args.probe
+    for name, v in (("--true", true), ("--probe", probe)):
+        if not 0 <= v < len(names):
+            raise ValueError(f"{name} must be a class index in [0, {len(names) - 1}], got {v}")
+    res = bt.special.cdeepex(gen, clf, x, true, probe, encoder=enc, margin=args.margin, outer=args.outer,
+                             inner=args.inner)
+    out = Path(args.out)
+    bt.plots.contrastive(x, res.images(gen), res.explanation(gen), path=out / "cdeepex.png",
+                         title=f"why {names[true]}, not {names[probe]}? (red: ink {names[true]} needs; "
+                               f"blue: ink {names[probe]} adds)")
+    with torch.no_grad():
+        images = bt.special.Residual(gen, res.delta)(res.path[:, 0])
+        probs = clf(images).softmax(-1)
+    bt.plots.walk(images, probs[:, probe], (res.path[:, 0] - res.z0[0]).norm(dim=-1), path=out / "cdeepex-path.png",
+                  title=f"CDeepEx outer iterates: p({names[probe]}) on the way to the {names[true]}/{names[probe]} "
+                        "boundary")
+    numbers = dict(label=label, true=true, probe=probe, converged=bool(res.converged[0]),
+                   outer_iterations=len(res.path) - 1, distance=round(float((res.z - res.z0).norm()), 4),
+                   llh_true_minus_probe=round(float(res.h[-1, 0]), 5),
+                   max_violation=round(float(res.max_violation[0]), 5),
+                   most_probable_at_boundary=int(res.probs[0].argmax()),
+                   probs_at_boundary=[round(v, 4) for v in res.probs[0].tolist()])
+    _write_json(numbers, out / "cdeepex.json")
+    print(json.dumps(numbers, indent=2))
+    print(f"wrote cdeepex.png, cdeepex-path.png and cdeepex.json to {out}/")
+    return 0
+
+
+def _write_json(obj, path: Path) -> None:
+    from ._util import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def _explain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="digits", help="digits, mnist or fashion-mnist (default: digits)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--index", type=int, default=0, help="index into the dataset's test split (default: 0)")
+    src.add_argument("--image", default=None, help="a grayscale image file of the dataset's size instead")
+    p.add_argument("--generator", choices=["vae", "gan"], default="vae",
+                   help="vae (its encoder inverts the input) or gan (inversion by optimisation) (default: vae)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--weights-dir", default=None, help="folder of model weights (default: models/ or the cache)")
+    p.add_argument("--data-root", default=None, help="mnist, fashion-mnist: folder of IDX files")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def _sampling_args(p: argparse.ArgumentParser, chains: int, samples: int, warmup: int, kernel: str,
                    max_tree_depth: int = 10, max_steps: int = 1000) -> None:
     p.add_argument("--dataset", default="digits", help="dataset whose reference models to use (default: digits)")
@@ -201,6 +331,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-dir", default=None, help="output folder (default: models/ or the cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("xgems", help="xGEMs: walk an input's latent code toward a class until the label switches",
+                       description="Invert an input, walk its code toward --target (default: the second most likely "
+                                   "class) along the high-confidence posterior with a prior at the code, fit the "
+                                   "confidence manifold; write xgems-path.png and xgems.json.")
+    _explain_args(p)
+    p.add_argument("--target", type=int, default=None, help="class to walk toward (default: the runner-up)")
+    p.add_argument("--sigma", type=float, default=0.05, help="likelihood width (default: 0.05)")
+    p.add_argument("--prior-scale", type=float, default=1.0, help="width of the prior at the code (default: 1)")
+    p.add_argument("--step", type=float, default=0.02, help="latent step length (default: 0.02)")
+    p.add_argument("--max-steps", type=int, default=500, help="at most this many steps (default: 500)")
+    p.set_defaults(func=cmd_xgems)
+
+    p = sub.add_parser("cdeepex", help="CDeepEx: the closest boundary point between the true and a probe class",
+                       description="Invert an input and find the closest code on the --true/--probe boundary where "
+                                   "no third class wins (augmented Lagrangian); write cdeepex.png (red/blue "
+                                   "explanation), cdeepex-path.png and cdeepex.json.")
+    _explain_args(p)
+    p.add_argument("--true", type=int, default=None, help="the class the input has (default: the predicted one)")
+    p.add_argument("--probe", type=int, default=None, help="why not this class? (default: the runner-up)")
+    p.add_argument("--margin", type=float, default=0.0, help="how far both must beat every other class (llh)")
+    p.add_argument("--outer", type=int, default=100, help="outer (multiplier) iterations (default: 100)")
+    p.add_argument("--inner", type=int, default=30, help="gradient steps per outer iteration (default: 30)")
+    p.set_defaults(func=cmd_cdeepex)
     return parser
 
 

@@ -17,7 +17,7 @@ import torch  # noqa: E402
 
 from ._util import atomic_path  # noqa: E402
 
-__all__ = ["image_grid", "statistic_hist", "trace", "montage", "save"]
+__all__ = ["image_grid", "statistic_hist", "trace", "montage", "contrastive", "walk", "save"]
 
 
 def save(fig, path) -> None:
@@ -132,4 +132,67 @@ def montage(rows, *, cols: int = 8, titles=None, path=None, suptitle: str | None
                 axes[r, c].set_title(titles[r][c], fontsize=6)
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
+    return _finish(fig, path)
+
+
+def _gray(img: torch.Tensor) -> np.ndarray:
+    img = img.detach().cpu()
+    return (img[0] if img.dim() == 3 else img).clamp(0, 1).numpy()
+
+
+def contrastive(x, boundary, explanation, *, labels=None, path=None, title: str | None = None):
+    """CDeepEx's figure, one row per input: the input, the boundary point, and the explanation
+    ``G(z0) - G(z_e)`` drawn over the faded input in red (ink the input has and the boundary point lacks) and blue
+    (ink the boundary point adds). ``labels``: one string per row."""
+    n = len(x)
+    fig, axes = plt.subplots(n, 3, figsize=(4.2, 1.45 * n), squeeze=False)
+    scale = float(explanation.abs().max().clamp_min(1e-6))
+    for i in range(n):
+        base = _gray(x[i]) * 0.35
+        e = explanation[i].detach().cpu() / scale  # in [-1, 1]
+        e = (e[0] if e.dim() == 3 else e).numpy()
+        rgb = np.stack([base + np.clip(e, 0, None), base, base + np.clip(-e, 0, None)], -1).clip(0, 1)
+        for ax, img, name in zip(axes[i], (_gray(x[i]), _gray(boundary[i]), rgb), ("input", "boundary", "why not")):
+            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=8)
+        if labels is not None:
+            axes[i, 0].set_ylabel(labels[i], rotation=0, ha="right", va="center", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=8, y=1.0 + 0.12 / n)
+    return _finish(fig, path)
+
+
+def walk(images, p_target, distance, *, steepness=None, midpoint=None, switch=None, cols: int = 8, path=None,
+         title: str | None = None):
+    """One latent walk (xGEMs): ``cols`` images along it, and ``p_target`` against the distance from the start with
+    the fitted logistic confidence manifold. ``images [T, ...]``, ``p_target [T]``, ``distance [T]``."""
+    t = len(images)
+    picks = np.unique(np.linspace(0, t - 1, min(cols, t)).round().astype(int))
+    fig = plt.figure(figsize=(1.15 * len(picks), 3.6))
+    grid = fig.add_gridspec(2, len(picks), height_ratios=[1, 1.6])
+    for j, k in enumerate(picks):
+        ax = fig.add_subplot(grid[0, j])
+        ax.imshow(_gray(images[k]), cmap="gray", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"d={float(distance[k]):.2f}\np={float(p_target[k]):.2f}", fontsize=6,
+                     color="tab:red" if switch is not None and k >= switch >= 0 else "black")
+    ax = fig.add_subplot(grid[1, :])
+    d, p = np.asarray(distance, dtype=float), np.asarray(p_target, dtype=float)
+    ax.plot(d, p, ".", ms=3, label="path")
+    if steepness is not None:
+        grid_d = np.linspace(0, d.max(), 200)
+        ax.plot(grid_d, 1 / (1 + np.exp(-float(steepness) * (grid_d - float(midpoint)))), "k--", lw=1,
+                label=f"logistic fit: k={float(steepness):.2f}, d0={float(midpoint):.2f}")
+    if switch is not None and switch >= 0:
+        ax.axvline(d[switch], color="tab:red", lw=0.8, label="label switches")
+    ax.set_xlabel("distance from the start ||z - z0||")
+    ax.set_ylabel("p(target)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return _finish(fig, path)

@@ -179,9 +179,10 @@ def xgems(generator, classifier, x: torch.Tensor, target: int, *, encoder=None, 
           until: float = 0.95) -> XGEMsResult:
     """xGEMs of inputs ``x [N, ...]`` toward class ``target``.
 
-    The walk descends the potential of the posterior ``N(z; z0, prior_scale²) · N(1; p_target, sigma²)`` (the
-    ``high:target`` posterior with a prior centred at the input's code; xGEMs' ``loss_x + λ loss_f`` with the data
-    term measured in latent space and ``λ = prior_scale² / sigma²``) by Adam steps from ``z0``. The xGEM is the first
+    The walk descends the potential of the posterior ``N(z; z0, prior_scale²) · N(0; log p_target, sigma²)`` (the
+    ``high:target,log`` posterior with a prior centred at the input's code: xGEMs' ``loss_x + λ loss_f`` with the
+    data term measured in latent space, the classifier term on the log scale, which does not saturate where
+    ``p_target`` is tiny, and ``λ = prior_scale² / sigma²``) by Adam steps from ``z0``. The xGEM is the first
     code whose predicted class is ``target``; the path goes on until ``p_target >= until`` (or ``max_steps``) so that
     the confidence manifold (logistic fit of ``p_target`` against ``||z - z0||``) sees both sides of the switch.
     """
@@ -191,7 +192,7 @@ def xgems(generator, classifier, x: torch.Tensor, target: int, *, encoder=None, 
     elif delta is None:
         raise ValueError("delta is required with z0 (the residual G(z0) - x from invert)")
     gen = Residual(generator, delta)
-    post = Posterior(gen, classifier, High(target), sigma=sigma, prior_loc=z0, prior_scale=prior_scale)
+    post = Posterior(gen, classifier, High(target, log=True), sigma=sigma, prior_loc=z0, prior_scale=prior_scale)
     z_path, p_path, length = _descend(post, z0, steps=max_steps, lr=step, stop=lambda p: p[:, target] >= until,
                                       normalized=True)
     dist = (z_path - z0).norm(dim=-1)

@@ -7,7 +7,7 @@ factor per statistic. Each target also validates its arguments against the numbe
 =====================  ==========================================================  ==================
 spec                   statistics u(p)                                             target value u*
 =====================  ==========================================================  ==================
-``high:C``             ``p_C``                                                     ``1``
+``high:C``             ``p_C``  (``high:C,log``: ``log p_C``)                       ``1``  (``0``)
 ``ambiguous:A,B``      ``|p_A - p_B|``,  ``min(p_A, p_B) - max_{k∉{A,B}} p_k``       ``0``, ``0.5``
 ``boundary:A,B[,M]``   ``log p_A - log p_B``,  violation of ``log p_{A,B} - log p_k >= M``  ``0``, ``0``
 ``uniform``            ``max_k p_k - min_k p_k``                                   ``0``
@@ -104,22 +104,27 @@ class Target:
 
 
 class High(Target):
-    """High confidence in class ``c``: ``u = p_c``, ``u* = 1``."""
+    """High confidence in class ``c``: ``u = p_c``, ``u* = 1``.
+
+    ``log=True`` (``"high:C,log"``) measures it as ``u = log p_c``, ``u* = 0``: the same level set, but its gradient
+    does not vanish where ``p_c`` is tiny (the cross-entropy of xGEMs); ``tolerance`` then applies to ``log p_c``."""
 
     spec = "high"
 
-    def __init__(self, c: int, *, tolerance: float = 0.05):
+    def __init__(self, c: int, *, log: bool = False, tolerance: float = 0.05):
         super().__init__(tolerance=tolerance)
         self.c = _class_index("class index c", c)
+        self.log = bool(log)
 
     def statistic(self, probs):
-        return probs[..., self.c : self.c + 1]
+        p = probs[..., self.c : self.c + 1]
+        return p.clamp_min(torch.finfo(p.dtype).tiny).log() if self.log else p
 
     def value(self, num_classes):
-        return torch.ones(1)
+        return torch.zeros(1) if self.log else torch.ones(1)
 
     def names(self, num_classes):
-        return [f"p{self.c}"]
+        return [f"logp{self.c}" if self.log else f"p{self.c}"]
 
     def validate(self, num_classes):
         super().validate(num_classes)
@@ -127,11 +132,13 @@ class High(Target):
 
     @classmethod
     def from_args(cls, args):
-        (c,) = _ints(args, 1, "high:C")
+        if len(args) == 2 and args[1] == "log":
+            return cls(_ints(args[:1], 1, "high:C[,log]")[0], log=True)
+        (c,) = _ints(args, 1, "high:C[,log]")
         return cls(c)
 
     def __repr__(self):
-        return f"high:{self.c}"
+        return f"high:{self.c}" + (",log" if self.log else "")
 
 
 class Ambiguous(Target):

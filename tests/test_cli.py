@@ -8,7 +8,7 @@ import bayestrex as bt
 from bayestrex.cli import main
 
 
-@pytest.mark.parametrize("argv", [[], ["demo"], ["sample"], ["diagnose"], ["train"]])
+@pytest.mark.parametrize("argv", [[], ["demo"], ["sample"], ["diagnose"], ["train"], ["xgems"], ["cdeepex"]])
 def test_help_everywhere(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main([*argv, "--help"])
@@ -93,3 +93,22 @@ def test_train_reads_a_data_root_and_reports_missing_data(tmp_path, monkeypatch,
     code = main(["train", "--dataset", "fashion-mnist", "--data-root", str(tmp_path / "nowhere"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "fashion-mnist: folder" in err and "dataset-fashion-mnist" in err
+
+
+def test_xgems_and_cdeepex_commands_write_their_figures_and_numbers(tmp_path, capsys):
+    out = tmp_path / "x"
+    assert main(["xgems", "--index", "3", "--target", "3", "--out", str(out), "--quiet"]) == 0
+    numbers = json.loads((out / "xgems.json").read_text())
+    assert numbers["target"] == 3 and numbers["switched"] and numbers["probs_at_xgem"][3] >= 0.4
+    assert (out / "xgems-path.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["cdeepex", "--index", "3", "--probe", "3", "--out", str(out), "--quiet"]) == 0
+    numbers = json.loads((out / "cdeepex.json").read_text())
+    p = numbers["probs_at_boundary"]
+    assert numbers["converged"] and abs(p[numbers["true"]] - p[3]) < 0.05
+    assert numbers["most_probable_at_boundary"] in (numbers["true"], 3)
+    assert {"cdeepex.png", "cdeepex-path.png"} <= {f.name for f in out.iterdir()}
+    capsys.readouterr()
+    assert main(["cdeepex", "--index", "100000", "--out", str(out), "--quiet"]) == 2
+    assert "--index must be in [0, 359]" in capsys.readouterr().err
+    assert main(["xgems", "--target", "12", "--out", str(out), "--quiet"]) == 2
+    assert "--target must be a class index in [0, 9]" in capsys.readouterr().err
