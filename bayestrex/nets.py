@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from . import data
 from ._util import atomic_path
 
-__all__ = ["VAE", "Decoder", "Encoder", "CNN", "GAN", "train_vae", "train_classifier", "train_gan", "accuracy",
+__all__ = ["VAE", "Decoder", "Encoder", "CNN", "MLP", "GAN", "train_vae", "train_classifier", "train_gan", "accuracy",
            "save", "load", "get", "pretrained", "train", "train_model", "recipe", "CheckpointError", "RECIPES",
            "SPLITS"]
 
@@ -105,6 +105,19 @@ class CNN(nn.Module):
         return self.net(x)
 
 
+class MLP(nn.Module):
+    """A fully connected classifier returning logits (to compare with the CNN at similar accuracy)."""
+
+    def __init__(self, image_shape=(1, 8, 8), num_classes=10, hidden=256, depth=2):
+        super().__init__()
+        self.config = dict(image_shape=list(image_shape), num_classes=num_classes, hidden=hidden, depth=depth)
+        self.net = nn.Sequential(nn.Flatten(), *_mlp([math.prod(image_shape)] + [hidden] * depth + [num_classes],
+                                                     act=nn.ReLU))
+
+    def forward(self, x):
+        return self.net(x)
+
+
 class _MinibatchStd(nn.Module):
     """Appends the batch's mean feature standard deviation to each row: lets the discriminator see a collapsed
     (too uniform) batch, the usual remedy for mode collapse (Karras et al., 2018)."""
@@ -161,12 +174,15 @@ def train_vae(images: torch.Tensor, *, latent_dim=5, hidden=256, depth=2, epochs
     return vae.eval()
 
 
-def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, num_classes=10, arch=None, epochs=40,
-                     batch_size=64, lr=2e-3, weight_decay=1e-4, seed=0, progress=True) -> CNN:
-    """Fit the CNN (``arch``: extra :class:`CNN` arguments) by cross-entropy with AdamW; seeded."""
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, num_classes=10, arch=None, net: str = "cnn",
+                     epochs=40, batch_size=64, lr=2e-3, weight_decay=1e-4, seed=0, progress=True) -> nn.Module:
+    """Fit a classifier (``net``: ``"cnn"`` or ``"mlp"``; ``arch``: extra arguments of :class:`CNN` / :class:`MLP`)
+    by cross-entropy with AdamW; seeded."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    clf = CNN(tuple(images.shape[1:]), num_classes, **(arch or {}))
+    if net not in ("cnn", "mlp"):
+        raise ValueError(f"net must be 'cnn' or 'mlp', got {net!r}")
+    clf = (CNN if net == "cnn" else MLP)(tuple(images.shape[1:]), num_classes, **(arch or {}))
     opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     bar = tqdm(range(epochs), desc="train classifier", disable=not progress, leave=False)
@@ -238,7 +254,7 @@ def save(model: nn.Module, path: str | os.PathLike, **info) -> None:
         tmp.write_text(json.dumps(meta, indent=2) + "\n")
 
 
-_ARCHS = {"VAE": VAE, "CNN": CNN, "GAN": GAN}
+_ARCHS = {"VAE": VAE, "CNN": CNN, "MLP": MLP, "GAN": GAN}
 
 
 def load(path: str | os.PathLike) -> nn.Module:

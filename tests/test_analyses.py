@@ -109,3 +109,35 @@ def test_overconfidence_study_smoke(tmp_path, tiny_zoo):
         assert r["sampler attained draws"] <= 40 and r["sampler grad evals"] > 0
     for r in hist:
         assert sum(v for k, v in r.items() if k.startswith("max conf")) == pytest.approx(1, abs=1e-3)
+
+
+def test_intrusion_study_smoke(tmp_path, tiny_zoo):
+    out = _module("intrusion").main(tiny_zoo)
+    methods = [r["method"].split(" ")[0] for r in out["table"]]
+    assert methods == ["xGEMs", "boundary", "CDeepEx", "sampled"] and len(out["pairs"]) == 6
+    for r in out["table"]:
+        assert 0 <= r["intrusion"] <= 1
+    for pair in out["pairs"]:  # probe = the runner-up, never the true class
+        assert pair["true"] != pair["probe"] and 0 <= pair["sampled_intrusion"] <= 1
+    n = len(out["pairs"])
+    assert out["table"][2]["intrusion"] == round(sum(p["cdeepex_intrusion"] for p in out["pairs"]) / n, 3)
+
+
+def test_bias_study_smoke(tmp_path, tiny_zoo):
+    bias = _module("bias")
+    x = torch.zeros(4, 1, 28, 28)
+    marked = bias.add_square(x, torch.tensor([True, False, True, False]))
+    assert bias.has_square(marked).tolist() == [True, False, True, False]
+    assert marked[0, 0, 1:7, 1:7].eq(0.5).all() and marked[0].sum() == 36 * 0.5  # 6x6 grey, one pixel in
+    out = bias.main(tiny_zoo)
+    assert [a["classifier"] for a in out["accuracy"]] == ["biased", "unbiased"]
+    assert out["oracle"]["squared_detected"] == 1.0
+    assert [r["class"] for r in out["rows"]] == list(range(10)) + ["all"]
+    total = out["rows"][-1]
+    assert total["biased: xgems"] == sum(r["biased: xgems"] for r in out["rows"][:-1])
+
+
+def test_manifolds_study_smoke(tmp_path, tiny_zoo):
+    rows = _module("manifolds").main(tiny_zoo)["rows"]
+    assert [r["classifier"] for r in rows] == ["MLP", "CNN"] and all(r["walks"] == 12 for r in rows)
+    assert (tmp_path / "out" / "digits" / "manifolds-hist2d.png").is_file()
