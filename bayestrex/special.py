@@ -138,6 +138,9 @@ def _descend(post: Posterior, z0: torch.Tensor, *, steps: int, lr: float, stop=N
         if not active.any():
             break
         _, grad = post.potential_and_grad(z)
+        active &= torch.isfinite(grad).all(-1)  # a row whose density turns NaN/inf stops where it is
+        if not active.any():
+            break
         grad = torch.where(active[:, None], grad, torch.zeros_like(grad))
         if normalized:
             z = z - lr * grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -182,7 +185,8 @@ def xgems(generator, classifier, x: torch.Tensor, target: int, *, encoder=None, 
     The walk descends the potential of the posterior ``N(z; z0, prior_scale²) · N(0; log p_target, sigma²)`` (the
     ``high:target,log`` posterior with a prior centred at the input's code: xGEMs' ``loss_x + λ loss_f`` with the
     data term measured in latent space, the classifier term on the log scale, which does not saturate where
-    ``p_target`` is tiny, and ``λ = prior_scale² / sigma²``) by Adam steps from ``z0``. The xGEM is the first
+    ``p_target`` is tiny, and ``λ = prior_scale² / sigma²``), in steps of length ``step`` along its steepest
+    descent from ``z0``. The xGEM is the first
     code whose predicted class is ``target``; the path goes on until ``p_target >= until`` (or ``max_steps``) so that
     the confidence manifold (logistic fit of ``p_target`` against ``||z - z0||``) sees both sides of the switch.
     """
