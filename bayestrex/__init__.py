@@ -5,13 +5,14 @@ probabilities: ``target -> posterior -> kernel -> draws -> Result (DataTree) -> 
 """
 
 from . import data, diagnostics, kernels, nets, special, targets
+from .blackbox import BlackBox
 from .posterior import Posterior
 from .result import Result, load
 from .sampling import sample
 
 __version__ = "0.1.0"
-__all__ = ["sample", "load", "Result", "Posterior", "targets", "kernels", "data", "nets", "diagnostics", "special",
-           "plots"]
+__all__ = ["sample", "load", "Result", "Posterior", "BlackBox", "targets", "kernels", "data", "nets", "diagnostics",
+           "special", "plots"]
 
 
 def __getattr__(name):  # plots pulls in matplotlib: import it on first use

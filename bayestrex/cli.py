@@ -277,7 +277,7 @@ def _sampling_args(p: argparse.ArgumentParser, chains: int, samples: int, warmup
     p.add_argument("--warmup", type=int, default=warmup, help=f"warmup iterations per chain (default: {warmup})")
     p.add_argument("--sigma", type=float, default=0.05, help="likelihood width sigma (default: 0.05)")
     p.add_argument("--kernel", default=kernel, help=f"sampling kernel: nuts, nuts-plate (Pyro), hmc or chees "
-                   f"(batched, for many chains) (default: {kernel})")
+                   f"(batched, for many chains), slice (no gradients) (default: {kernel})")
     p.add_argument("--max-tree-depth", type=int, default=max_tree_depth,
                    help=f"NUTS: at most 2^DEPTH gradient evaluations per draw (default: {max_tree_depth})")
     p.add_argument("--dense-mass", action="store_true", help="nuts, hmc: adapt a dense mass matrix instead of a "

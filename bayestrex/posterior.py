@@ -149,7 +149,18 @@ class Posterior:
             raise ValueError("classifier appears to return probabilities (non-negative rows summing to 1), "
                              "but logits are expected; return logits, or wrap it as "
                              "lambda x: torch.log(classifier(x)), or pass check_logits=False if you are sure")
+        self.differentiable = self._has_gradients(z)
         return logits.shape[1]
+
+    def _has_gradients(self, z: torch.Tensor) -> bool:
+        """Whether the log density has gradients in ``z`` (False for black boxes: numpy models, renderers)."""
+        z = z.detach().requires_grad_(True)
+        try:
+            with torch.enable_grad():
+                out = self.classifier(self.generator(z))
+        except RuntimeError:  # e.g. "Can't call numpy() on Tensor that requires grad"
+            return False
+        return isinstance(out, torch.Tensor) and out.requires_grad
 
     # -- the density ------------------------------------------------------------------------------------------
     def probs(self, z: torch.Tensor) -> torch.Tensor:
@@ -229,7 +240,7 @@ class Posterior:
         z = torch.randn(n, self.latent_dim, generator=g).to(self.device, self.dtype) * self.prior_scale + self.prior_loc
         loglik = torch.cat([self.log_likelihood(self.statistics(b)[1]) for b in z.split(batch_size)])
         z = z[_gumbel_top_k(loglik, m, g)]
-        if optimize_steps > 0:
+        if optimize_steps > 0 and self.differentiable:
             z = z.clone().requires_grad_(True)
             opt = torch.optim.Adam([z], lr=learning_rate)
             for _ in range(optimize_steps):

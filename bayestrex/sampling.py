@@ -43,7 +43,8 @@ def sample(generator, classifier, target, *, latent_dim: int | None = None, num_
         Width of the Gaussian relaxation of the level set (> 0).
     kernel : str or kernel object
         ``"nuts"`` (Pyro NUTS, independent chains), ``"nuts-plate"`` (Pyro NUTS, chains as a plate), ``"hmc"``
-        (batched HMC, per-chain tuning), ``"chees"`` (ChEES-HMC, for many chains), or a configured kernel object
+        (batched HMC, per-chain tuning), ``"chees"`` (ChEES-HMC, for many chains), ``"slice"`` (elliptical slice
+        sampling: no gradients, for black-box classifiers), or a configured kernel object
         from :mod:`bayestrex.kernels` (e.g. ``ChEES(max_steps=256)``).
     seed : int
         Same seed, same draws (on CPU).
@@ -65,6 +66,11 @@ def sample(generator, classifier, target, *, latent_dim: int | None = None, num_
     kern = kernels.get(kernel)
     post = Posterior(generator, classifier, target, latent_dim=latent_dim, sigma=sigma, device=device,
                      **posterior_options)
+    if getattr(kern, "needs_gradients", True) and not post.differentiable:
+        free = sorted(name for name, make in kernels.KERNELS.items() if not getattr(make(), "needs_gradients", True))
+        raise ValueError(f"the classifier (or generator) has no gradients (a black box: numpy, scikit-learn, a "
+                         f"renderer), but kernel {getattr(kern, 'name', kern)!r} needs them; use a gradient-free "
+                         f"kernel: {', '.join(repr(k) for k in free)}")
     if init is None:
         z0 = post.initial_points(num_chains, seed=seed)
     else:
