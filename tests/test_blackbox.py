@@ -11,8 +11,9 @@ from bayestrex.kernels import Density, get
 
 
 def test_slice_standard_normal_10d():
-    draws = get("slice").run(Density(lambda z: -0.5 * z.square().sum(-1), 10), torch.randn(32, 10) * 2,
-                             num_samples=300, warmup=100, seed=0, progress=False)
+    z0 = torch.randn(32, 10, generator=torch.Generator().manual_seed(0)) * 2
+    draws = get("slice").run(Density(lambda z: -0.5 * z.square().sum(-1), 10), z0,
+                             num_samples=800, warmup=200, seed=0, progress=False)
     check_moments(draws.z, torch.zeros(10), torch.ones(10), max_rhat=1.01)
     assert draws.info["grad_evals"] == 0 and draws.stats["n_steps"].min() >= 1
 
@@ -24,7 +25,8 @@ def test_slice_correlated_gaussian_condition_100():
     cov = q @ torch.diag(torch.logspace(-1, 1, d)) @ q.T
     prec, mu = torch.linalg.inv(cov), torch.linspace(-1, 1, d)
     dens = Density(lambda z: -0.5 * (((z - mu) @ prec) * (z - mu)).sum(-1), d)
-    draws = get("slice").run(dens, torch.randn(32, d), num_samples=600, warmup=200, seed=1, progress=False)
+    z0 = torch.randn(32, d, generator=torch.Generator().manual_seed(0))
+    draws = get("slice").run(dens, z0, num_samples=600, warmup=200, seed=1, progress=False)
     check_moments(draws.z, mu, torch.diag(cov) + mu.square(), max_rhat=1.01)
 
 
@@ -82,3 +84,32 @@ def test_slice_same_seed_same_draws_and_sklearn_model():
                       progress=False) for _ in range(2)]
     assert torch.equal(runs[0].z, runs[1].z)
     assert runs[0].attainment > 0.3 and float(runs[0].probs[..., 1].mean()) > 0.8
+
+
+def _hard_logistic(x):
+    """Class 1 needs x0 > 3 to pass 0.95: prior draws rarely start there."""
+    return torch.stack([torch.zeros_like(x[:, 0]), 2.0 * (x[:, 0] - 3.0) + 5.9], dim=-1)
+
+
+def test_evolution_strategy_reaches_the_target_and_counts_its_forward_passes():
+    from bayestrex.blackbox import evolve
+
+    clf = bt.BlackBox(lambda a: torch.softmax(_hard_logistic(torch.as_tensor(a)), -1).numpy())
+    res = evolve(Identity(), clf, 1, population=20, survivors=5, seed=0)
+    assert res.reached and res.confidence >= 0.95 and res.iterations >= 1
+    assert res.forward_passes == 20 + res.iterations * 15 == clf.calls
+    best = [c for _, c in res.history]
+    assert all(b2 >= b1 for b1, b2 in zip(best, best[1:]))  # survivors are kept: the best never gets worse
+    assert float(torch.softmax(_hard_logistic(res.z[None]), -1)[0, 1]) == pytest.approx(res.confidence, abs=1e-5)
+    with pytest.raises(ValueError, match=r"survivors must be in \[1, population\)"):
+        evolve(Identity(), clf, 1, population=5, survivors=5)
+    with pytest.raises(ValueError, match="momentum"):
+        evolve(Identity(), clf, 1, momentum=1.5)
+
+
+def test_gradient_ascent_baseline_on_the_same_model():
+    from bayestrex.blackbox import gradient_ascent
+
+    res = gradient_ascent(Identity(), _hard_logistic, 1, lr=0.1, seed=0)
+    assert res.reached and res.forward_passes == res.iterations + 1
+    assert float(torch.softmax(_hard_logistic(res.z[None]), -1)[0, 1]) >= 0.95

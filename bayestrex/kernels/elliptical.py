@@ -72,10 +72,10 @@ class _Reference:
 class EllipticalSlice:
     """Elliptical slice sampling over C chains at once.
 
-    ``max_shrinks`` bounds the likelihood evaluations per draw. ``adapt=True`` (default) re-centres the ellipses
-    halfway through warmup on a Gaussian fitted to the chains' states (pooled mean and dense covariance, the
-    likelihood becoming density / that Gaussian): exact all the same, and far better mixing when the posterior is
-    much narrower or wider than the prior. It is skipped for per-chain priors.
+    ``max_shrinks`` bounds the likelihood evaluations per draw. ``adapt=True`` (default) re-centres the ellipses at a
+    quarter and at half of warmup on a Gaussian fitted to the chains' recent states (pooled mean and dense
+    covariance, the likelihood becoming density / that Gaussian): exact all the same, and far better mixing when the
+    posterior is much narrower or wider than the prior. It is skipped for per-chain priors.
     """
 
     name = "slice"
@@ -121,17 +121,20 @@ class EllipticalSlice:
         ref, lik = _Reference(loc, scale=scale), loglik
         g = torch.Generator(device=z0.device).manual_seed(seed)
         z, ll = z0.clone(), lik(z0)
-        adapt_at = warmup // 2 if self.adapt and loc.dim() == 1 and warmup >= 20 and z0.shape[0] >= 2 else -1
+        # re-centre twice: at warmup/4 on the states since warmup/8, at warmup/2 on the states since warmup/4
+        can = self.adapt and loc.dim() == 1 and warmup >= 20 and z0.shape[0] >= 2
+        fits = {warmup // 4: warmup // 8, warmup // 2: warmup // 4} if can else {}
         history, zs, evals, collapsed, total, t0 = [], [], [], [], 0, time.perf_counter()
         with tqdm(total=warmup + num_samples, desc=self.name, disable=not progress, unit="it") as bar:
             for it in range(warmup + num_samples):
-                if it == adapt_at:
+                if it in fits:
                     ref = _fit_reference(torch.cat(history), ref)
                     lik = (lambda r: lambda q: logdens(q) - r.log_prob(q))(ref)
                     ll = lik(z)
+                    history = []
                 z, ll, n, stuck = self.step(z, ll, ref, lik, g)
                 total += int(n.sum())
-                if adapt_at > 0 and adapt_at // 2 <= it < adapt_at:
+                if any(start <= it < at for at, start in fits.items()):
                     history.append(z.detach())
                 if it >= warmup:
                     zs.append(z.detach().cpu())
@@ -142,12 +145,12 @@ class EllipticalSlice:
         diverging = torch.stack(collapsed, dim=1)
         stats = dict(n_steps=n_steps, acceptance_rate=(~diverging).float(), diverging=diverging)
         info = dict(kernel=self.name, likelihood_evals=total, grad_evals=0, max_shrinks=self.max_shrinks,
-                    adapted=adapt_at > 0, sampling_seconds=time.perf_counter() - t0)
+                    adapted=bool(fits), sampling_seconds=time.perf_counter() - t0)
         return Draws(z=torch.stack(zs, dim=1), stats=stats, info=info)
 
 
 def _fit_reference(states: torch.Tensor, fallback: _Reference) -> _Reference:
-    """A Gaussian fitted to warmup states ``[n, d]`` (covariance shrunk toward its diagonal, inflated by 1.2² so the
+    """A Gaussian fitted to warmup states ``[n, d]`` (covariance shrunk toward its diagonal, inflated by 1.3² so the
     density / reference ratio stays bounded in the tails); the fallback when the fit fails."""
     finite = states[torch.isfinite(states).all(-1)]
     if len(finite) < 2 * states.shape[-1] + 2:
@@ -158,7 +161,7 @@ def _fit_reference(states: torch.Tensor, fallback: _Reference) -> _Reference:
     cov = (n / (n + 5.0)) * cov + (5.0 / (n + 5.0)) * torch.diag(cov.diagonal()) + 1e-6 * torch.eye(len(mean),
                                                                                                      dtype=cov.dtype)
     try:
-        chol = torch.linalg.cholesky(cov * 1.2**2)
+        chol = torch.linalg.cholesky(cov * 1.3**2)
     except RuntimeError:
         return fallback
     return _Reference(mean, chol=chol)
