@@ -57,6 +57,9 @@ class Posterior:
     prior_loc, prior_scale : tensor or float
         Mean and standard deviation of the Gaussian prior over ``z`` (default N(0, I)). ``prior_loc`` may be
         ``[num_chains, latent_dim]``: one centre per chain (a proximity prior around N data points' codes).
+    prior : object, optional
+        Any other prior (e.g. over a structured scene): ``latent_dim``, ``log_prob(z) -> [N]`` and
+        ``sample(n, generator) -> [n, latent_dim]``. Replaces the Gaussian; sample it with ``kernel="mh"``.
     device : str or torch.device, optional
         Where to evaluate; defaults to the device of the generator's parameters, else CPU.
     check_logits : bool
@@ -64,7 +67,8 @@ class Posterior:
     """
 
     def __init__(self, generator, classifier, target: Target | str, *, latent_dim: int | None = None,
-                 sigma: float = 0.05, prior_loc=0.0, prior_scale=1.0, device=None, check_logits: bool = True):
+                 sigma: float = 0.05, prior_loc=0.0, prior_scale=1.0, prior=None, device=None,
+                 check_logits: bool = True):
         if not callable(generator):
             raise TypeError(f"generator must be callable (an nn.Module or a function), got {type(generator).__name__}")
         if not callable(classifier):
@@ -75,6 +79,12 @@ class Posterior:
             raise TypeError(f"sigma must be a positive number, got {sigma!r}") from None
         if not (sigma > 0 and math.isfinite(sigma)):
             raise ValueError(f"sigma must be a positive finite number, got {sigma}")
+        if prior is not None:
+            for attr in ("log_prob", "sample"):
+                if not callable(getattr(prior, attr, None)):
+                    raise TypeError(f"prior must have log_prob(z) and sample(n, generator) methods; "
+                                    f"{type(prior).__name__} has no {attr}()")
+            latent_dim = latent_dim or getattr(prior, "latent_dim", None)
         if latent_dim is None:
             latent_dim = getattr(generator, "latent_dim", None)
             if latent_dim is None:
@@ -83,7 +93,7 @@ class Posterior:
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
 
-        self.generator, self.classifier, self.target = generator, classifier, parse(target)
+        self.generator, self.classifier, self.target, self.prior = generator, classifier, parse(target), prior
         self.latent_dim, self.sigma = latent_dim, sigma
         self.device = self._resolve_device(device)
         self.dtype = _module_dtype(generator) or torch.float32
@@ -122,7 +132,7 @@ class Posterior:
     def _probe(self, check_logits: bool) -> int:
         g = torch.Generator().manual_seed(0)
         n = len(self.prior_loc) if self.prior_loc.dim() == 2 else 4
-        z = torch.randn(n, self.latent_dim, generator=g).to(self.device, self.dtype) * self.prior_scale + self.prior_loc
+        z = self._prior_draws(n, g)
         try:
             with torch.no_grad():
                 x = self.generator(z)
@@ -172,7 +182,15 @@ class Posterior:
         p = self.probs(z)
         return p, self.target.statistic(p)
 
+    def _prior_draws(self, n: int, g: torch.Generator) -> torch.Tensor:
+        if self.prior is not None:
+            return torch.as_tensor(self.prior.sample(n, g)).to(self.device, self.dtype)
+        z = torch.randn(n, self.latent_dim, generator=g).to(self.device, self.dtype)
+        return z * self.prior_scale + self.prior_loc
+
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        if self.prior is not None:
+            return self.prior.log_prob(z)
         w = (z - self.prior_loc) / self.prior_scale
         return (-0.5 * w.square() - self.prior_scale.log() - _LOG_SQRT_2PI).sum(-1)
 
@@ -202,6 +220,9 @@ class Posterior:
 
         The chains are a ``pyro.plate``; the target values are observed at site ``u``.
         """
+
+        if self.prior is not None:
+            raise ValueError("the Pyro kernels need the Gaussian prior; a custom prior is sampled with kernel='mh'")
 
         def model():
             with pyro.plate("chains", num_chains):
@@ -237,7 +258,7 @@ class Posterior:
         n = candidates or max(4096, 16 * num_chains)
         m = min(n, pool or 4 * num_chains)
         g = torch.Generator().manual_seed(seed)
-        z = torch.randn(n, self.latent_dim, generator=g).to(self.device, self.dtype) * self.prior_scale + self.prior_loc
+        z = self._prior_draws(n, g)
         loglik = torch.cat([self.log_likelihood(self.statistics(b)[1]) for b in z.split(batch_size)])
         z = z[_gumbel_top_k(loglik, m, g)]
         if optimize_steps > 0 and self.differentiable:

@@ -80,4 +80,4 @@ def get(kernel) -> Kernel:
     return kernel
 
 
-from . import chees, elliptical, hmc, pyro_nuts  # noqa: E402,F401  (registers their kernels)
+from . import chees, elliptical, hmc, mh, pyro_nuts  # noqa: E402,F401  (registers their kernels)

@@ -27,6 +27,8 @@ __all__ = ["EllipticalSlice", "prior_and_likelihood"]
 def prior_and_likelihood(posterior):
     """``(loc, scale, log_likelihood(z) -> [C], log_density(z) -> [C])`` of a Posterior (its Gaussian prior and
     likelihood) or of a Density (N(0, I) and the density over it). Non-finite values become ``-inf``."""
+    if getattr(posterior, "prior", None) is not None:
+        raise ValueError("kernel 'slice' needs the Gaussian prior; a custom prior is sampled with kernel='mh'")
     if hasattr(posterior, "prior_loc") and hasattr(posterior, "statistics"):
         loc, scale = posterior.prior_loc, posterior.prior_scale
 
