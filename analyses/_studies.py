@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import bayestrex as bt
-from bayestrex._util import atomic_path, markdown_table
+from bayestrex._util import atomic_path, markdown_table, write_json
 from bayestrex.kernels.chees import ChEES
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -106,8 +106,7 @@ class Study:
         md = "\n".join(parts) + "\n"
         with atomic_path(self.out / f"{self.name}.md") as tmp:
             tmp.write_text(md)
-        with atomic_path(self.out / f"{self.name}.json") as tmp:
-            tmp.write_text(json.dumps(dict(settings=settings, tables=tables, **(extra or {})), indent=2) + "\n")
+        write_json(dict(settings=settings, tables=tables, **(extra or {})), self.out / f"{self.name}.json")
         return md
 
     def figure(self, fig_name: str) -> Path:

@@ -141,3 +141,26 @@ def test_manifolds_study_smoke(tmp_path, tiny_zoo):
     rows = _module("manifolds").main(tiny_zoo)["rows"]
     assert [r["classifier"] for r in rows] == ["MLP", "CNN"] and all(r["walks"] == 12 for r in rows)
     assert (tmp_path / "out" / "digits" / "manifolds-hist2d.png").is_file()
+
+
+def test_scene_study_smoke(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "analyses"))
+    out = _module("scenes").main(["--quick", "--quiet", "--threads", "1", "--out", str(tmp_path)])
+    assert out["counter"][0]["classes"] == "0..5 circles"
+    assert [r["study"].split(" ")[0] for r in out["rows"]] == ["no", "ambiguous"]
+    for r in out["rows"]:
+        assert r["evaluations"] == 4 * 40 + 4096 and 0 <= r["hits"] <= 80
+        assert r["hits per 1000 evals"] == round(1000 * r["hits"] / r["evaluations"], 2)
+    # the first study's prior has no circles at all: every draw's true count is 0
+    assert out["rows"][0]["true circle counts in draws"] == "0:80"
+    assert (tmp_path / "scenes-draws.png").is_file() and (tmp_path / "scenes.json").is_file()
+
+
+def test_tabular_study_smoke(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "analyses"))
+    out = _module("tabular").main(["--quick", "--quiet", "--out", str(tmp_path)])
+    assert out["models"][0]["test_accuracy"] > 0.85
+    assert [r["target"] for r in out["rows"]] == ["high:0", "ambiguous:1,2"]
+    assert all(r["forest_calls"] > 4 * 40 for r in out["rows"])  # slice evaluates the forest at least once a draw
+    shown = [e for e in out["examples"] if e["target"] == "high:0"]
+    assert all(float(e["forest p"].split("/")[0]) >= 0.95 for e in shown)
