@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.bayestrex-installed
 
-.PHONY: demo test test-slow bench lint train data studies studies-special clean
+.PHONY: demo test test-slow bench lint train data studies studies-special studies-blackbox clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ studies: $(STAMP)
 studies-special: $(STAMP)
 	for s in intrusion bias manifolds; do \
 	  $(PY) analyses/$$s.py --dataset $(DATASET) --threads 1 --quiet || exit 1; done
+
+# Black boxes: MH over procedural scenes, the random-forest tabular study, evolution strategy vs gradient ascent.
+studies-blackbox: $(STAMP)
+	$(PY) analyses/scenes.py --quiet
+	$(PY) analyses/tabular.py --quiet
+	$(PY) analyses/exemplars.py --dataset $(DATASET) --threads 1 --quiet
 
 clean:
 	rm -rf demo-output .pytest_cache

@@ -164,3 +164,11 @@ def test_tabular_study_smoke(tmp_path, monkeypatch):
     assert all(r["forest_calls"] > 4 * 40 for r in out["rows"])  # slice evaluates the forest at least once a draw
     shown = [e for e in out["examples"] if e["target"] == "high:0"]
     assert all(float(e["forest p"].split("/")[0]) >= 0.95 for e in shown)
+
+
+def test_exemplars_study_smoke(tmp_path, tiny_zoo):
+    rows = _module("exemplars").main(tiny_zoo)["rows"]
+    assert [r["class"] for r in rows] == ["0", "1"]
+    for r in rows:
+        reached = int(r["ES reached"].split("/")[0])
+        assert r["ES forward passes (median)"] is None or (reached and r["ES forward passes (median)"] % 40 == 10)
