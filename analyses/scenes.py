@@ -108,12 +108,13 @@ def main(argv=None) -> dict:
     meta = nets.load(out / "models" / "counter.pt").meta
     counter_row = [dict(classes="0..5 circles", train_scenes=meta["train_scenes"], train_seconds=meta["train_seconds"],
                         test_accuracy=meta["test_accuracy"])]
-    md = "\n".join(["# scenes", "", f"Settings: {vars(args)}, seconds {time.perf_counter() - t_start:.0f}", "",
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    md = "\n".join(["# scenes", "", f"Settings: {settings}, seconds {time.perf_counter() - t_start:.0f}", "",
                     "## the circle counter", "", markdown_table(counter_row), "",
                     "## MH over scenes vs sampling the prior", "", markdown_table(rows)]) + "\n"
     with atomic_path(out / "scenes.md") as tmp:
         tmp.write_text(md)
-    write_json(dict(settings=vars(args), counter=counter_row, rows=rows), out / "scenes.json")
+    write_json(dict(settings=settings, counter=counter_row, rows=rows), out / "scenes.json")
     print(md)
     return dict(counter=counter_row, rows=rows)
 

@@ -97,13 +97,14 @@ def main(argv=None) -> dict:
             examples.append({"target": f"(real cultivar {c}, mean)", **{n: round(float(mean[i]), 2)
                                                                          for n, i in zip(SHOWN, show)},
                              "forest p": ""})
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
     md = "\n".join(["# tabular — wine, random forest black box", "",
-                    f"Settings: {vars(args)}, seconds {time.perf_counter() - t_start:.0f}", "", "## models", "",
+                    f"Settings: {settings}, seconds {time.perf_counter() - t_start:.0f}", "", "## models", "",
                     markdown_table(models), "", "## targets (kernel slice)", "", markdown_table(rows), "",
                     "## example draws (attained), in the original units", "", markdown_table(examples)]) + "\n"
     with atomic_path(out / "tabular.md") as tmp:
         tmp.write_text(md)
-    write_json(dict(settings=vars(args), models=models, rows=rows, examples=examples), out / "tabular.json")
+    write_json(dict(settings=settings, models=models, rows=rows, examples=examples), out / "tabular.json")
     print(md)
     return dict(models=models, rows=rows, examples=examples)
 

@@ -31,7 +31,7 @@ def atomic_path(path: str | os.PathLike):
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     """Rows of dicts as a markdown table (floats to 3 significant digits, ``None`` as an en dash)."""
-    columns = columns or list(rows[0])
+    columns = columns or list(dict.fromkeys(k for r in rows for k in r))  # every key, in first-seen order
     fmt = lambda v: "–" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))  # noqa: E731
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
