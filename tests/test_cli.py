@@ -60,7 +60,8 @@ def test_sample_with_a_batched_kernel_and_its_step_cap(kernel, tmp_path):
 
 def test_unknown_kernel_names_the_choices(tmp_path, capsys):
     assert main(["sample", "--target", "high:0", "--kernel", "nutz", "--out", str(tmp_path), "--quiet"]) == 2
-    assert "--kernel must be one of ['chees', 'hmc', 'nuts', 'nuts-plate'], got 'nutz'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--kernel must be one of ['chees', 'hmc', 'mh', 'nuts', 'nuts-plate', 'slice'], got 'nutz'" in err
 
 
 def test_demo_samples_targets_in_parallel_processes(tmp_path, capsys):
