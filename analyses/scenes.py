@@ -41,7 +41,8 @@ def counter(out: Path, render, *, scenes: int, epochs: int, progress: bool):
         z = ScenePrior(OBJECTS).sample(scenes, g)
         x, y = render(z), count(z)
         t0 = time.perf_counter()
-        clf = nets.train_classifier(x, y, num_classes=MAX_COUNT + 1, arch=dict(pool_between=True), epochs=epochs,
+        clf = nets.train_classifier(x, y, num_classes=MAX_COUNT + 1,
+                                    arch=dict(pool_between=True, channels=(32, 64), hidden=128), epochs=epochs,
                                     batch_size=128, lr=3e-3, progress=progress)
         zt = ScenePrior(OBJECTS).sample(2000, torch.Generator().manual_seed(1))
         acc = nets.accuracy(clf, render(zt), count(zt))
@@ -67,7 +68,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     out, t_start = Path(args.out), time.perf_counter()
     render = SceneRenderer(OBJECTS)
-    clf = counter(out, render, scenes=600 if args.quick else 30_000, epochs=1 if args.quick else 6,
+    clf = counter(out, render, scenes=600 if args.quick else 40_000, epochs=1 if args.quick else 12,
                   progress=not args.quiet)
 
     studies = {

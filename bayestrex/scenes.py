@@ -5,8 +5,9 @@ integers stored as floats), so a batch of scenes is a float tensor ``[N, 6 · ob
 
 - :class:`ScenePrior`: shapes uniform over ``shapes`` (a subset of circle / square / triangle), colours uniform,
   sizes small or large, positions uniform in [0.15, 0.85]², angles uniform. ``log_prob`` is 0 on the support (up to
-  a constant) and ``-inf`` off it; ``propose`` is the CLEVR sampler's move: Gaussian steps on every position and
-  angle, and each discrete attribute resampled uniformly with probability ``resample`` (symmetric).
+  a constant) and ``-inf`` off it; ``propose`` is the CLEVR sampler's move applied to one random object: a Gaussian
+  step on its position and angle, each of its discrete attributes resampled with probability ``resample``
+  (symmetric).
 - :class:`SceneRenderer`: paints the slots in order (later ones on top) onto an RGB canvas, batched; no gradients
   are needed, the sampler is Metropolis-Hastings (``kernel="mh"``).
 """
@@ -63,18 +64,20 @@ class ScenePrior:
         return torch.where(ok, torch.zeros(len(z), dtype=z.dtype), torch.full((len(z),), -math.inf, dtype=z.dtype))
 
     def propose(self, z: torch.Tensor, generator: torch.Generator | None = None):
-        """CLEVR's move: every position and angle gets a Gaussian step; shape, colour and size are each resampled
-        uniformly with probability ``resample``. Symmetric: ``log q ratio = 0``."""
+        """CLEVR's moves, one object at a time: a random slot's position and angle get a Gaussian step and each of
+        its shape, colour and size is resampled uniformly with probability ``resample``. Symmetric:
+        ``log q ratio = 0``. (Moving every object at once is accepted too rarely on a narrow level set.)"""
         g = generator
         n = len(z)
         f = self._fields(z).clone()
-        f[..., 3:5] += self.step_xy * torch.randn(n, self.objects, 2, generator=g, dtype=z.dtype)
-        f[..., 5] = (f[..., 5] + self.step_angle * torch.randn(n, self.objects, generator=g, dtype=z.dtype)) % (
-            2 * math.pi)
-        fresh = self._fields(self.sample(n, g).to(z.dtype))
-        for k in range(3):
-            flip = torch.rand(n, self.objects, generator=g) < self.resample
-            f[..., k] = torch.where(flip, fresh[..., k], f[..., k])
+        rows, slot = torch.arange(n), torch.randint(self.objects, (n,), generator=g)
+        obj = f[rows, slot]
+        obj[:, 3:5] += self.step_xy * torch.randn(n, 2, generator=g, dtype=z.dtype)
+        obj[:, 5] = (obj[:, 5] + self.step_angle * torch.randn(n, generator=g, dtype=z.dtype)) % (2 * math.pi)
+        fresh = self._fields(self.sample(n, g).to(z.dtype))[:, 0]
+        flip = torch.rand(n, 3, generator=g) < self.resample
+        obj[:, :3] = torch.where(flip, fresh[:, :3], obj[:, :3])
+        f[rows, slot] = obj
         return f.view(n, -1), torch.zeros(n, dtype=z.dtype)
 
     propose.__name__ = "clevr_moves"
