@@ -145,3 +145,14 @@ def top2_titles(probs: torch.Tensor, classes=None) -> list[str]:
 def predict(classifier, images: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """Softmax probabilities ``[N, K]`` of ``images [N, ...]``, in batches."""
     return torch.cat([classifier(x).softmax(-1) for x in images.split(batch_size)])
+
+
+def cached_model(path: Path, train):
+    """The model saved at ``path``; when missing, ``train() -> (model, info)`` makes it and it is saved with ``info``
+    and its training time. Loaded safely (``weights_only``), frozen."""
+    path = Path(path)
+    if not path.is_file():
+        t0 = time.perf_counter()
+        model, info = train()
+        bt.nets.save(model, path, train_seconds=round(time.perf_counter() - t0, 1), **info)
+    return bt.nets.load(path).requires_grad_(False)

@@ -17,10 +17,9 @@ classifiers, with the number of xGEMs and the classifiers' accuracy on clean 8s.
 from __future__ import annotations
 
 import sys
-import time
 
 import torch
-from _studies import Study, parser, predict
+from _studies import Study, cached_model, parser, predict
 
 from bayestrex import nets, special
 
@@ -49,15 +48,6 @@ def has_square(x: torch.Tensor) -> torch.Tensor:
     return x[..., rows, cols].flatten(1).mean(1) >= 0.25
 
 
-def _model(study, name, train):
-    path = study.out / "bias-models" / f"{name}.pt"
-    if not path.is_file():
-        t0 = time.perf_counter()
-        model, info = train()
-        nets.save(model, path, train_seconds=round(time.perf_counter() - t0, 1), **info)
-    return nets.load(path).requires_grad_(False)
-
-
 def main(argv=None) -> dict:
     p = parser("xGEMs confounding metric on biased MNIST (a square on every training 8)")
     p.add_argument("--per-class", type=int, default=40, help="test inputs walked per class (default 40)")
@@ -69,18 +59,21 @@ def main(argv=None) -> dict:
     x, y = study.data("train")
     xt, yt = study.data("test")
     g = torch.Generator().manual_seed(0)
-    cnn = {k: v for k, v in recipe["cnn"].items()}
-    vae_recipe = {k: v for k, v in recipe["vae"].items()}
-    progress = not args.quiet
+    cnn, vae_recipe, progress = dict(recipe["cnn"]), dict(recipe["vae"]), not args.quiet
+    models = study.out / "bias-models"
 
-    biased = _model(study, "biased", lambda: (nets.train_classifier(add_square(x, y == BIASED_CLASS), y, **cnn,
-                                                                    progress=progress), dict(square="every 8")))
-    unbiased = _model(study, "unbiased", lambda: (nets.train_classifier(
-        add_square(x, torch.rand(len(x), generator=g) < 0.1), y, **cnn, progress=progress),
+    def square_at_random(share):
+        return add_square(x, torch.rand(len(x), generator=g) < share)
+
+    biased = cached_model(models / "biased.pt", lambda: (
+        nets.train_classifier(add_square(x, y == BIASED_CLASS), y, **cnn, progress=progress),
+        dict(square="every 8")))
+    unbiased = cached_model(models / "unbiased.pt", lambda: (
+        nets.train_classifier(square_at_random(0.1), y, **cnn, progress=progress),
         dict(square="10% of images, any class")))
-    vae = _model(study, "vae-squares", lambda: (nets.train_vae(add_square(x, torch.rand(len(x), generator=g) < 0.5),
-                                                               **vae_recipe, progress=progress),
-                                                dict(square="50% of images, any class")))
+    vae = cached_model(models / "vae-squares.pt", lambda: (
+        nets.train_vae(square_at_random(0.5), **vae_recipe, progress=progress),
+        dict(square="50% of images, any class")))
 
     clean8 = xt[yt == BIASED_CLASS]
     squared = add_square(xt, torch.ones(len(xt), dtype=torch.bool))

@@ -10,7 +10,6 @@ histograms. A steep, near midpoint means the classifier flips abruptly close to 
 from __future__ import annotations
 
 import sys
-import time
 
 import matplotlib
 
@@ -18,21 +17,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _studies import Study, parser, predict  # noqa: E402
+from _studies import Study, cached_model, parser, predict  # noqa: E402
 
 import bayestrex as bt  # noqa: E402
 from bayestrex import nets, special  # noqa: E402
 
 
 def _mlp(study, x, y):
-    path = study.out / "manifold-models" / "mlp.pt"
-    if not path.is_file():
-        cnn = nets.RECIPES[study.args.dataset]["cnn"]
-        t0 = time.perf_counter()
-        mlp = nets.train_classifier(x, y, net="mlp", epochs=cnn["epochs"] * 2, batch_size=cnn["batch_size"],
-                                    progress=not study.args.quiet)
-        nets.save(mlp, path, train_seconds=round(time.perf_counter() - t0, 1))
-    return nets.load(path).requires_grad_(False)
+    cnn = nets.RECIPES[study.args.dataset]["cnn"]
+    return cached_model(study.out / "manifold-models" / "mlp.pt", lambda: (nets.train_classifier(
+        x, y, net="mlp", epochs=cnn["epochs"] * 2, batch_size=cnn["batch_size"], progress=not study.args.quiet), {}))
 
 
 def walks(vae, clf, x, max_steps):

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from _studies import RESULTS, pick, top2_titles
+from _studies import RESULTS, cached_model, pick, top2_titles
 
 import bayestrex as bt
 from bayestrex import nets
@@ -35,20 +35,16 @@ OBJECTS, MAX_COUNT = 5, 5
 
 def counter(out: Path, render, *, scenes: int, epochs: int, progress: bool):
     """The circle counter (classes 0..5), trained once on prior scenes and cached."""
-    path = out / "models" / "counter.pt"
-    if not path.is_file():
-        g = torch.Generator().manual_seed(0)
-        z = ScenePrior(OBJECTS).sample(scenes, g)
-        x, y = render(z), count(z)
-        t0 = time.perf_counter()
-        clf = nets.train_classifier(x, y, num_classes=MAX_COUNT + 1,
+
+    def train():
+        z = ScenePrior(OBJECTS).sample(scenes, torch.Generator().manual_seed(0))
+        clf = nets.train_classifier(render(z), count(z), num_classes=MAX_COUNT + 1,
                                     arch=dict(pool_between=True, channels=(32, 64), hidden=128), epochs=epochs,
                                     batch_size=128, lr=3e-3, progress=progress)
         zt = ScenePrior(OBJECTS).sample(2000, torch.Generator().manual_seed(1))
-        acc = nets.accuracy(clf, render(zt), count(zt))
-        nets.save(clf, path, train_seconds=round(time.perf_counter() - t0, 1), train_scenes=scenes,
-                  test_accuracy=round(acc, 4))
-    return nets.load(path).requires_grad_(False)
+        return clf, dict(train_scenes=scenes, test_accuracy=round(nets.accuracy(clf, render(zt), count(zt)), 4))
+
+    return cached_model(out / "models" / "counter.pt", train)
 
 
 def main(argv=None) -> dict:

@@ -141,7 +141,22 @@ class High(Target):
         return f"high:{self.c}" + (",log" if self.log else "")
 
 
-class Ambiguous(Target):
+class _Pair(Target):
+    """A target about two different classes ``a`` and ``b`` (checked here once for every such target)."""
+
+    def __init__(self, a: int, b: int, *, tolerance: float = 0.05):
+        super().__init__(tolerance=tolerance)
+        self.a, self.b = _class_index("class index a", a), _class_index("class index b", b)
+        if self.a == self.b:
+            raise ValueError(f"{self.spec} target needs two different classes, got a = b = {self.a}")
+
+    def validate(self, num_classes):
+        Target.validate(self, num_classes)
+        _class_index("class index a", self.a, num_classes)
+        _class_index("class index b", self.b, num_classes)
+
+
+class Ambiguous(_Pair):
     """Ambiguous between classes ``a`` and ``b`` (the two-statistic form of Bayes-TrEx).
 
     ``u1 = |p_a - p_b|`` with ``u1* = 0`` and ``u2 = min(p_a, p_b) - max_{k ∉ {a, b}} p_k`` with ``u2* = 0.5``:
@@ -149,12 +164,6 @@ class Ambiguous(Target):
     """
 
     spec = "ambiguous"
-
-    def __init__(self, a: int, b: int, *, tolerance: float = 0.05):
-        super().__init__(tolerance=tolerance)
-        self.a, self.b = _class_index("class index a", a), _class_index("class index b", b)
-        if self.a == self.b:
-            raise ValueError(f"ambiguous target needs two different classes, got a = b = {self.a}")
 
     def statistic(self, probs):
         pa, pb = probs[..., self.a], probs[..., self.b]
@@ -169,11 +178,6 @@ class Ambiguous(Target):
     def names(self, num_classes):
         return [f"absdiff_{self.a}_{self.b}", f"margin_{self.a}_{self.b}"]
 
-    def validate(self, num_classes):
-        Target.validate(self, num_classes)
-        _class_index("class index a", self.a, num_classes)
-        _class_index("class index b", self.b, num_classes)
-
     @classmethod
     def from_args(cls, args):
         a, b = _ints(args, 2, "ambiguous:A,B")
@@ -183,7 +187,7 @@ class Ambiguous(Target):
         return f"ambiguous:{self.a},{self.b}"
 
 
-class Boundary(Target):
+class Boundary(_Pair):
     """On the decision boundary between ``a`` and ``b``, every other class below both (CDeepEx's constraints).
 
     With log-probabilities ``l``: ``h = l_a - l_b`` (target 0) and the constraint violation
@@ -196,10 +200,7 @@ class Boundary(Target):
     spec = "boundary"
 
     def __init__(self, a: int, b: int, *, margin: float = 0.0, tolerance: float = 0.05):
-        super().__init__(tolerance=tolerance)
-        self.a, self.b = _class_index("class index a", a), _class_index("class index b", b)
-        if self.a == self.b:
-            raise ValueError(f"boundary target needs two different classes, got a = b = {self.a}")
+        super().__init__(a, b, tolerance=tolerance)
         self.margin = float(margin)
         if not (self.margin >= 0 and math.isfinite(self.margin)):
             raise ValueError(f"boundary margin must be a finite number >= 0, got {margin}")
@@ -222,11 +223,6 @@ class Boundary(Target):
 
     def names(self, num_classes):
         return [f"logratio_{self.a}_{self.b}", f"violation_{self.a}_{self.b}"]
-
-    def validate(self, num_classes):
-        Target.validate(self, num_classes)
-        _class_index("class index a", self.a, num_classes)
-        _class_index("class index b", self.b, num_classes)
 
     @classmethod
     def from_args(cls, args):
@@ -308,7 +304,7 @@ class Probabilities(Target):
         return "probs:" + ",".join(f"{q:g}" for q in self.q.tolist())
 
 
-class Graded(Target):
+class Graded(_Pair):
     """Graded level between ``a`` and ``b``: ``p_a = alpha``, ``p_b = 1 - alpha``, every other class 0."""
 
     spec = "graded"
@@ -316,19 +312,13 @@ class Graded(Target):
     names = Probabilities.names
 
     def __init__(self, a: int, b: int, alpha: float, *, tolerance: float = 0.05):
-        super().__init__(tolerance=tolerance)
-        self.a, self.b = _class_index("class index a", a), _class_index("class index b", b)
-        if self.a == self.b:
-            raise ValueError(f"graded target needs two different classes, got a = b = {self.a}")
+        super().__init__(a, b, tolerance=tolerance)
         self.alpha = _unit_interval("graded target level alpha", alpha)
 
     def value(self, num_classes):
         q = torch.zeros(num_classes)
         q[self.a], q[self.b] = self.alpha, 1.0 - self.alpha
         return q
-
-    def validate(self, num_classes):
-        Ambiguous.validate(self, num_classes)
 
     @classmethod
     def from_args(cls, args):
