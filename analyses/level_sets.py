@@ -72,7 +72,8 @@ def main(argv=None) -> dict:
             titles.append(top2_titles(probs))
         tables[group] = rows
         bt.plots.montage(montage_rows, titles=titles, path=study.figure(group.split(" ")[0]),
-                         suptitle=f"{args.dataset}: {group} (draws that attain the target first)")
+                         suptitle=f"{args.dataset}, {args.generator.upper()}: {group} (draws that attain the target "
+                                  "first)")
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     al = [g[0] for g in graded]
