@@ -14,13 +14,12 @@ DEMO_TARGETS = ("high:0", "ambiguous:3,8", "uniform", "graded:1,7,0.3")
 
 
 def _write_table(rows: list[dict], out: Path, stem: str) -> str:
-    from ._util import atomic_path, markdown_table
+    from ._util import atomic_path, markdown_table, write_json
 
     md = markdown_table(rows)
     with atomic_path(out / f"{stem}.md") as tmp:
         tmp.write_text(md + "\n")
-    with atomic_path(out / f"{stem}.json") as tmp:
-        tmp.write_text(json.dumps(rows, indent=2) + "\n")
+    write_json(rows, out / f"{stem}.json")
     return md
 
 
@@ -186,6 +185,8 @@ def cmd_xgems(args) -> int:
 
     import bayestrex as bt
 
+    from ._util import write_json
+
     gen, enc, clf, x, label, names = _explained_input(args)
     pred, second = _second_class(clf, x)
     target = second if args.target is None else args.target
@@ -206,7 +207,7 @@ def cmd_xgems(args) -> int:
                    if res.switched[0] else None, steps=n - 1, steepness=round(float(res.steepness[0]), 4),
                    midpoint=round(float(res.midpoint[0]), 4),
                    probs_at_xgem=[round(v, 4) for v in res.probs[0].tolist()])
-    _write_json(numbers, out / "xgems.json")
+    write_json(numbers, out / "xgems.json")
     print(json.dumps(numbers, indent=2))
     print(f"wrote xgems-path.png and xgems.json to {out}/")
     return 0
@@ -216,6 +217,8 @@ def cmd_cdeepex(args) -> int:
     import torch
 
     import bayestrex as bt
+
+    from ._util import write_json
 
     gen, enc, clf, x, label, names = _explained_input(args)
     pred, second = _second_class(clf, x)
@@ -242,17 +245,10 @@ def cmd_cdeepex(args) -> int:
                    max_violation=round(float(res.max_violation[0]), 5),
                    most_probable_at_boundary=int(res.probs[0].argmax()),
                    probs_at_boundary=[round(v, 4) for v in res.probs[0].tolist()])
-    _write_json(numbers, out / "cdeepex.json")
+    write_json(numbers, out / "cdeepex.json")
     print(json.dumps(numbers, indent=2))
     print(f"wrote cdeepex.png, cdeepex-path.png and cdeepex.json to {out}/")
     return 0
-
-
-def _write_json(obj, path: Path) -> None:
-    from ._util import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def _explain_args(p: argparse.ArgumentParser) -> None:
