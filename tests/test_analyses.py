@@ -30,6 +30,42 @@ def test_kernel_benchmark_quick_run_writes_its_table(tmp_path):
     assert rows[0]["x_bulk"] == 1.0
 
 
+
+def test_roofline_counts_flops_by_hand_and_splits_the_speedup_into_its_factors(tmp_path):
+    import bayestrex as bt
+
+    roof = _module("roofline")
+    vae, clf = bt.nets.pretrained("digits", progress=False)
+    post = bt.Posterior(vae.decoder, clf, "ambiguous:3,8", sigma=0.025)
+    # multiply-adds of one forward pass: decoder 5-256-256-64, CNN conv 1->16 and 16->32 (3x3 on 8x8), fc 512-64-10
+    macs = 5 * 256 + 256 * 256 + 256 * 64 + 64 * 16 * 9 + 64 * 32 * 16 * 9 + 512 * 64 + 64 * 10
+    clf.net[0].weight.requires_grad_(True)  # counting must ignore parameter gradients and restore these flags
+    flags = [p.requires_grad for p in clf.parameters()]
+    assert roof.flops_per_chain(post) == 2 * 2 * macs  # 2 FLOPs a multiply-add; the input gradient costs a forward
+    assert [p.requires_grad for p in clf.parameters()] == flags and clf.net[0].weight.grad is None
+
+    def row(kernel, chains, ess, gps, wall):
+        return dict(target="t", kernel=kernel, chains=chains, ess_bulk=ess, grad_evals_per_s=gps, wall_s=wall,
+                    bulk_per_s=ess / wall)
+
+    bench = dict(meta=dict(command="bench", date="d"),
+                 rows=[row("nuts", 1, 10, 1000, 100), row("chees", 64, 1000, 20000, 100)])
+    nuts, chees = roof.factors_table(bench)
+    assert (nuts["x_grad_rate"], nuts["x_ess_per_grad"], nuts["x_bulk"]) == (1.0, 1.0, 1.0)
+    # 20x the gradients per second, 0.5 vs 0.1 ESS per 1000 gradients: 5x; 100x the ESS per second
+    assert (chees["x_grad_rate"], chees["bulk_ess_per_kgrad"], chees["x_ess_per_grad"], chees["x_bulk"]) == \
+        (20.0, 0.5, 5.0, 100.0)
+
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    out = roof.main(["--chains", "1", "4", "--threads", "1", "--repeats", "2", "--bench", str(tmp_path / "bench.json"),
+                     "--out", str(tmp_path / "roof")])
+    assert [r["chains"] for r in out["batch"]] == [1, 4] and all(r["gflops"] > 0 for r in out["batch"])
+    assert [r["work"].split()[0] for r in out["peak"]] == ["matmul", "conv"]
+    assert json.loads((tmp_path / "roof" / "roofline.json").read_text())["factors"] == out["factors"]
+    md = (tmp_path / "roof" / "roofline.md").read_text()
+    assert "| t | chees | 64 | 20000 | 20 | 0.5 | 5 | 100 |" in md
+
+
 # -- the Bayes-TrEx studies, on digits with tiny zoo models trained into a temporary folder -----------------------
 import pytest  # noqa: E402
 import torch  # noqa: E402
