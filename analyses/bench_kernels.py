@@ -117,6 +117,7 @@ def parse_args(argv):
     p.add_argument("--max-steps", type=int, default=1000,
                    help="leapfrog cap of hmc and chees (128 cripples them on ambiguous:3,8 at sigma 0.025)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    p.add_argument("--device", default="cpu", help="where the models and chains live (cpu, cuda, ...)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("analyses/results/bench_kernels"))
     p.add_argument("--quick", action="store_true", help="tiny settings: a smoke run of the whole pipeline")
@@ -134,6 +135,7 @@ def main(argv=None) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     vae, clf = bt.nets.pretrained("digits", progress=False)
+    vae, clf = vae.to(args.device), clf.to(args.device)
     rows = []
     for target in args.targets:
         bare_cache: dict[int, float] = {}
@@ -150,7 +152,7 @@ def main(argv=None) -> list[dict]:
     rows = [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()} for r in rows]
     meta = dict(command="python analyses/bench_kernels.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                 sigma=args.sigma, torch=torch.__version__, threads=torch.get_num_threads(),
-                machine=f"{platform.machine()} {platform.processor() or ''}".strip(), device="cpu",
+                machine=f"{platform.machine()} {platform.processor() or ''}".strip(), device=args.device,
                 date=time.strftime("%Y-%m-%d"))
     post = bt.Posterior(vae.decoder, clf, args.targets[0], sigma=args.sigma)
     bare = {c: bare_seconds(post, c) for c in sorted({1, *args.bare_chains})}
