@@ -41,20 +41,26 @@ from bayestrex.kernels.hmc import BatchedHMC
 from bayestrex.kernels.pyro_nuts import PyroNUTS
 
 
+def median_seconds(fn, device, repeats: int = 20) -> float:
+    """Median seconds of ``fn()`` after 3 warm-up calls (synchronising on GPUs)."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    for _ in range(3):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def bare_seconds(posterior, num_chains: int, repeats: int = 20, seed: int = 0) -> float:
     """Median time of one batched forward+backward of the log density at ``num_chains`` points."""
     z = torch.randn(num_chains, posterior.latent_dim, generator=torch.Generator().manual_seed(seed))
     z = z.to(posterior.device, posterior.dtype)
-    for _ in range(3):
-        posterior.potential_and_grad(z)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        posterior.potential_and_grad(z)
-        if z.device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return median_seconds(lambda: posterior.potential_and_grad(z), posterior.device, repeats)
 
 
 def row_specs(args) -> list[tuple[str, object, int, int, int]]:

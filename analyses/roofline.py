@@ -27,33 +27,18 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from bench_kernels import bare_seconds, median_seconds  # analyses/ is on the path when run as a script
 from torch.utils.flop_counter import FlopCounterMode
 
 import bayestrex as bt
 from bayestrex._util import atomic_path, markdown_table, write_json
 
 HERE = Path(__file__).resolve().parent
-
-
-def _timed(fn, device, repeats: int) -> float:
-    """Median seconds of ``fn()`` after 3 warm-up calls (synchronising on GPUs)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(3):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def flops_per_chain(posterior, chains: int = 64) -> float:
@@ -73,12 +58,10 @@ def flops_per_chain(posterior, chains: int = 64) -> float:
     return counter.get_total_flops() / chains
 
 
-def batch_table(posterior, chains: list[int], repeats: int) -> list[dict]:
-    flops = flops_per_chain(posterior)
+def batch_table(posterior, chains: list[int], repeats: int, flops: float) -> list[dict]:
     rows, base = [], None
     for c in chains:
-        z = torch.randn(c, posterior.latent_dim, device=posterior.device, dtype=posterior.dtype)
-        t = _timed(lambda z=z: posterior.potential_and_grad(z), posterior.device, repeats)
+        t = bare_seconds(posterior, c, repeats)
         base = base or t  # chains[0] is 1
         rows.append(dict(threads=torch.get_num_threads(), chains=c, ms=round(1e3 * t, 3),
                          us_per_chain=round(1e6 * t / c, 1), x_per_chain_vs_1=round(base / (t / c), 1),
@@ -89,7 +72,7 @@ def batch_table(posterior, chains: list[int], repeats: int) -> list[dict]:
 def peak_table(device, repeats: int) -> list[dict]:
     a = torch.randn(1024, 1024, device=device)
     b = torch.randn(1024, 1024, device=device)
-    t_mm = _timed(lambda: a @ b, device, repeats)
+    t_mm = median_seconds(lambda: a @ b, device, repeats)
     x = torch.randn(4096, 16, 8, 8, device=device, requires_grad=True)
     conv = torch.nn.Conv2d(16, 32, 3, padding=1).to(device).requires_grad_(False)
 
@@ -97,7 +80,7 @@ def peak_table(device, repeats: int) -> list[dict]:
         (grad,) = torch.autograd.grad(conv(x).sum(), x)
         return grad
 
-    t_conv = _timed(conv_fwd_bwd, device, repeats)
+    t_conv = median_seconds(conv_fwd_bwd, device, repeats)
     conv_flops = 2 * 2 * 4096 * 32 * 16 * 9 * 64  # forward and input gradient, 2 FLOPs per multiply-add
     return [dict(threads=torch.get_num_threads(), work="matmul 1024^3", ms=round(1e3 * t_mm, 3),
                  gflops=round(2 * 1024**3 / t_mm / 1e9, 1)),
@@ -142,15 +125,16 @@ def main(argv=None) -> dict:
     vae, clf = vae.to(device), clf.to(device)
     post = bt.Posterior(vae.decoder, clf, args.target, sigma=args.sigma)
     chains = sorted({1, *args.chains})
+    flops = flops_per_chain(post)
     batch, peak = [], []
     for n in (args.threads if device.type == "cpu" else [torch.get_num_threads()]):
         torch.set_num_threads(n)
-        batch += batch_table(post, chains, args.repeats)
+        batch += batch_table(post, chains, args.repeats, flops)
         peak += peak_table(device, args.repeats)
     out = dict(meta=dict(command="python analyses/roofline.py " + " ".join(sys.argv[1:] if argv is None else argv),
                          device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
                          machine=platform.machine(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"),
-                         target=args.target, flops_per_chain=flops_per_chain(post)),
+                         target=args.target, flops_per_chain=flops),
                batch=batch, peak=peak)
     md = [f"`{out['meta']['command']}` ({out['meta']['device']}, torch {torch.__version__}, {out['meta']['date']}); "
           f"one chain's log density + gradient: {out['meta']['flops_per_chain'] / 1e6:.2f} MFLOP",

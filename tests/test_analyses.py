@@ -31,9 +31,10 @@ def test_kernel_benchmark_quick_run_writes_its_table(tmp_path):
 
 
 
-def test_roofline_counts_flops_by_hand_and_splits_the_speedup_into_its_factors(tmp_path):
+def test_roofline_counts_flops_by_hand_and_splits_the_speedup_into_its_factors(tmp_path, monkeypatch):
     import bayestrex as bt
 
+    monkeypatch.syspath_prepend(str(ROOT / "analyses"))  # roofline imports bench_kernels, as when run as a script
     roof = _module("roofline")
     vae, clf = bt.nets.pretrained("digits", progress=False)
     post = bt.Posterior(vae.decoder, clf, "ambiguous:3,8", sigma=0.025)
