@@ -26,12 +26,12 @@ test-slow: $(STAMP)
 # would take ~2 h more here, so it runs for high:0 only), the single-chain NUTS reference at 4 more seeds (one
 # 200-draw chain is a noisy reference), then the roofline that splits each speed-up into its two factors.
 bench: $(STAMP)
-	$(PY) analyses/bench_kernels.py --threads 2 --chees-chains 64 256 --out analyses/results/bench_kernels
-	$(PY) analyses/bench_kernels.py --threads 2 --targets high:0 --plate-chains --hmc-chains --chees-chains 1024 \
+	$(PY) -m analyses.bench_kernels --threads 2 --chees-chains 64 256 --out analyses/results/bench_kernels
+	$(PY) -m analyses.bench_kernels --threads 2 --targets high:0 --plate-chains --hmc-chains --chees-chains 1024 \
 	  --out analyses/results/bench_kernels_high0
-	for s in 1 2 3 4; do $(PY) analyses/bench_kernels.py --threads 2 --plate-chains --hmc-chains --chees-chains \
+	for s in 1 2 3 4; do $(PY) -m analyses.bench_kernels --threads 2 --plate-chains --hmc-chains --chees-chains \
 	  --bare-chains 64 --seed $$s --out analyses/results/bench_nuts_seeds/seed$$s || exit 1; done
-	$(PY) analyses/roofline.py
+	$(PY) -m analyses.roofline
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -50,18 +50,18 @@ data: $(STAMP)
 DATASET ?= mnist
 studies: $(STAMP)
 	for s in level_sets adversarial novel_class overconfidence; do \
-	  $(PY) analyses/$$s.py --dataset $(DATASET) --threads 1 --quiet || exit 1; done
+	  $(PY) -m analyses.$$s --dataset $(DATASET) --threads 1 --quiet || exit 1; done
 
 # xGEMs / CDeepEx studies: third-class intrusion, biased-MNIST confounding, confidence manifolds.
 studies-special: $(STAMP)
 	for s in intrusion bias manifolds; do \
-	  $(PY) analyses/$$s.py --dataset $(DATASET) --threads 1 --quiet || exit 1; done
+	  $(PY) -m analyses.$$s --dataset $(DATASET) --threads 1 --quiet || exit 1; done
 
 # Black boxes: MH over procedural scenes, the random-forest tabular study, evolution strategy vs gradient ascent.
 studies-blackbox: $(STAMP)
-	$(PY) analyses/scenes.py --quiet
-	$(PY) analyses/tabular.py --quiet
-	$(PY) analyses/exemplars.py --dataset $(DATASET) --threads 1 --quiet
+	$(PY) -m analyses.scenes --quiet
+	$(PY) -m analyses.tabular --quiet
+	$(PY) -m analyses.exemplars --dataset $(DATASET) --threads 1 --quiet
 
 clean:
 	rm -rf demo-output .pytest_cache

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import bayestrex as bt
-from bayestrex._util import atomic_path, markdown_table, write_json
+from bayestrex.io import atomic_path, markdown_table, write_json
 from bayestrex.kernels.chees import ChEES
 
 RESULTS = Path(__file__).resolve().parent / "results"

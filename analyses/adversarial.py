@@ -2,8 +2,8 @@
 C, and the target ``high:C`` of the classifier trained on all classes. Draws that reach p_C >= 0.9 are inputs from a
 distribution without any C that the classifier is nonetheless sure are C.
 
-    python analyses/adversarial.py --dataset mnist
-    python analyses/adversarial.py --dataset digits --quick --classes 0 1
+    python -m analyses.adversarial --dataset mnist
+    python -m analyses.adversarial --dataset digits --quick --classes 0 1
 
 Writes ``adversarial.md`` / ``.json`` (per class: fraction of draws with p_C >= 0.9, attainment, diagnostics, and
 what the classifier's second choice is) and ``adversarial-draws.png`` into ``--out/<dataset>/``.
@@ -14,9 +14,9 @@ from __future__ import annotations
 import sys
 
 import torch
-from _studies import Study, parser, pick, top2_titles
 
 import bayestrex as bt
+from analyses._studies import Study, parser, pick, top2_titles
 
 
 def main(argv=None) -> list[dict]:

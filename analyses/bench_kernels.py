@@ -1,7 +1,7 @@
 """Kernel benchmark: Pyro NUTS (1 chain, and C chains as a plate) against the batched kernels ``hmc`` and ``chees``.
 
-    python analyses/bench_kernels.py                       # the full table (hours on 2 CPU cores)
-    python analyses/bench_kernels.py --quick --out /tmp/b  # a smoke run (seconds)
+    python -m analyses.bench_kernels                       # the full table (hours on 2 CPU cores)
+    python -m analyses.bench_kernels --quick --out /tmp/b  # a smoke run (seconds)
 
 Every row samples the digits VAE + CNN posterior of one target with the same ``sigma``, in one process on one
 machine, one row after another. Columns:
@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 
 import bayestrex as bt
-from bayestrex._util import atomic_path
-from bayestrex._util import markdown_table as markdown
+from bayestrex.io import atomic_path
+from bayestrex.io import markdown_table as markdown
 from bayestrex.kernels.chees import ChEES
 from bayestrex.kernels.hmc import BatchedHMC
 from bayestrex.kernels.pyro_nuts import PyroNUTS
@@ -156,7 +156,7 @@ def main(argv=None) -> list[dict]:
                 r["x_bulk"] = round(r["bulk_per_s"] / ref["bulk_per_s"], 1) if ref["bulk_per_s"] else math.nan
                 r["x_tail"] = round(r["tail_per_s"] / ref["tail_per_s"], 1) if ref["tail_per_s"] else math.nan
     rows = [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()} for r in rows]
-    meta = dict(command="python analyses/bench_kernels.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    meta = dict(command="python -m analyses.bench_kernels " + " ".join(argv if argv is not None else sys.argv[1:]),
                 sigma=args.sigma, torch=torch.__version__, threads=torch.get_num_threads(),
                 machine=f"{platform.machine()} {platform.processor() or ''}".strip(), device=args.device,
                 date=time.strftime("%Y-%m-%d"))

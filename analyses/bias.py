@@ -10,8 +10,8 @@ The xGEMs confounding metric is the fraction of xGEMs (walks whose label reached
 attribute (square added on the way to 8, removed on the way from 8), reported per class and overall for both
 classifiers, with the number of xGEMs and the classifiers' accuracy on clean 8s.
 
-    python analyses/bias.py --dataset mnist
-    python analyses/bias.py --dataset digits --quick
+    python -m analyses.bias --dataset mnist
+    python -m analyses.bias --dataset digits --quick
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from __future__ import annotations
 import sys
 
 import torch
-from _studies import Study, cached_model, parser, predict
 
+from analyses._studies import Study, cached_model, parser, predict
 from bayestrex import nets, special
 
 BIASED_CLASS = 8

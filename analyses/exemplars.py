@@ -5,8 +5,8 @@ Two generators per class: the zoo VAE (the class is in its range, easy) and the 
 (in-distribution adversarial, hard). Forward passes: the classifier inputs evaluated; a gradient-ascent step costs
 one forward and one backward pass (so also reported: gradient steps x 3 as forward-pass equivalents).
 
-    python analyses/exemplars.py --dataset mnist
-    python analyses/exemplars.py --dataset digits --quick
+    python -m analyses.exemplars --dataset mnist
+    python -m analyses.exemplars --dataset digits --quick
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import statistics
 import sys
 
 import torch
-from _studies import Study, parser
 
+from analyses._studies import Study, parser
 from bayestrex.blackbox import evolve, gradient_ascent
 
 

@@ -12,8 +12,8 @@ from the same code (the VAE encoder's mean) and residual:
 - the same Boundary posterior without the third-class constraint (its MAP, ``margin`` ignored: only
   ``llh(true) = llh(probe)``), to show what the constraint buys.
 
-    python analyses/intrusion.py --dataset mnist            # 200 pairs
-    python analyses/intrusion.py --dataset digits --quick   # a smoke run
+    python -m analyses.intrusion --dataset mnist            # 200 pairs
+    python -m analyses.intrusion --dataset digits --quick   # a smoke run
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from collections import defaultdict
 import arviz_stats as azs
 import numpy as np
 import torch
-from _studies import Study, parser
 
 import bayestrex as bt
+from analyses._studies import Study, parser
 from bayestrex import special
 from bayestrex.kernels.chees import ChEES
 from bayestrex.targets import Custom

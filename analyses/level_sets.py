@@ -1,9 +1,9 @@
 """Level sets of the classifier (Bayes-TrEx, section 4.1): high confidence for every class, ambiguity for the 5 most
 confused pairs of the test-set confusion matrix, and graded levels alpha = 0, 0.1, ..., 1 for the most confused pair.
 
-    python analyses/level_sets.py --dataset mnist           # also fashion-mnist, digits
-    python analyses/level_sets.py --dataset mnist --generator gan   # the same through the GAN
-    python analyses/level_sets.py --dataset digits --quick  # a smoke run
+    python -m analyses.level_sets --dataset mnist           # also fashion-mnist, digits
+    python -m analyses.level_sets --dataset mnist --generator gan   # the same through the GAN
+    python -m analyses.level_sets --dataset digits --quick  # a smoke run
 
 Writes ``level_sets.md`` (``level_sets-gan.md`` with the GAN) / ``.json`` (attainment and diagnostics for every
 target) and figures (draws per target; the graded sweep's mean probabilities against alpha) into
@@ -19,9 +19,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from _studies import Study, parser, pick, predict, top2_titles  # noqa: E402
 
 import bayestrex as bt  # noqa: E402
+from analyses._studies import Study, parser, pick, predict, top2_titles  # noqa: E402
 
 
 def confused_pairs(classifier, images, labels, k: int = 5) -> list[tuple[int, int, int]]:

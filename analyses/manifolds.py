@@ -3,8 +3,8 @@ xGEMs from the same test inputs toward each input's runner-up class; a logistic 
 fitted to the target's probability along every walk, and the fitted steepness and midpoint are compared as 2-D
 histograms. A steep, near midpoint means the classifier flips abruptly close to the input.
 
-    python analyses/manifolds.py --dataset mnist
-    python analyses/manifolds.py --dataset digits --quick
+    python -m analyses.manifolds --dataset mnist
+    python -m analyses.manifolds --dataset digits --quick
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _studies import Study, cached_model, parser, predict  # noqa: E402
 
 import bayestrex as bt  # noqa: E402
+from analyses._studies import Study, cached_model, parser, predict  # noqa: E402
 from bayestrex import nets, special  # noqa: E402
 
 

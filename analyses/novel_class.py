@@ -9,8 +9,8 @@ Two views, side by side:
    classes; each draw's novel class is named by the 10-class classifier (an oracle), and the same per-novel-class
    table is made from the draws.
 
-    python analyses/novel_class.py --dataset mnist
-    python analyses/novel_class.py --dataset digits --quick
+    python -m analyses.novel_class --dataset mnist
+    python -m analyses.novel_class --dataset digits --quick
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from __future__ import annotations
 import sys
 
 import torch
-from _studies import Study, parser, pick, predict, top2_titles
 
 import bayestrex as bt
+from analyses._studies import Study, parser, pick, predict, top2_titles
 
 
 def _per_class(names, novel, known, true, probs) -> list[dict]:

@@ -11,8 +11,8 @@ For each level set (ambiguity for the 3 most confused pairs, and uniform ambigui
 And histograms of the maximum confidence on the test set against inputs drawn from the generator's prior (fresh
 in-distribution inputs, no target).
 
-    python analyses/overconfidence.py --dataset mnist
-    python analyses/overconfidence.py --dataset digits --quick
+    python -m analyses.overconfidence --dataset mnist
+    python -m analyses.overconfidence --dataset digits --quick
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _studies import Study, parser, predict  # noqa: E402
-from level_sets import confused_pairs  # noqa: E402
 
 import bayestrex as bt  # noqa: E402
+from analyses._studies import Study, parser, predict  # noqa: E402
+from analyses.level_sets import confused_pairs  # noqa: E402
 
 FORWARDS_PER_GRADIENT = 3  # a forward and a backward pass ~ 3 forward passes
 

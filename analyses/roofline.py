@@ -1,7 +1,7 @@
 """What bounds the kernel benchmark's speed-up on one machine: a roofline of the batched log density.
 
-    python analyses/roofline.py                  # this machine, 1 and 2 torch threads
-    python analyses/roofline.py --device cuda    # the same on a GPU
+    python -m analyses.roofline                  # this machine, 1 and 2 torch threads
+    python -m analyses.roofline --device cuda    # the same on a GPU
 
 The kernel benchmark (``analyses/bench_kernels.py``) reports ``x_bulk``: a kernel's bulk ESS per second over
 single-chain Pyro NUTS's. That ratio is a product of two factors, and this script measures each:
@@ -32,11 +32,11 @@ import time
 from pathlib import Path
 
 import torch
-from bench_kernels import bare_seconds, median_seconds  # analyses/ is on the path when run as a script
 from torch.utils.flop_counter import FlopCounterMode
 
 import bayestrex as bt
-from bayestrex._util import atomic_path, markdown_table, write_json
+from analyses.bench_kernels import bare_seconds, median_seconds
+from bayestrex.io import atomic_path, markdown_table, write_json
 
 HERE = Path(__file__).resolve().parent
 
@@ -131,7 +131,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(n)
         batch += batch_table(post, chains, args.repeats, flops)
         peak += peak_table(device, args.repeats)
-    out = dict(meta=dict(command="python analyses/roofline.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    out = dict(meta=dict(command="python -m analyses.roofline " + " ".join(sys.argv[1:] if argv is None else argv),
                          device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
                          machine=platform.machine(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"),
                          target=args.target, flops_per_chain=flops),

@@ -10,8 +10,8 @@ For both, the rate of hits per 1000 likelihood evaluations (every rendered and c
 the 4096 prior scenes scored to choose the starting points) against plain sampling from the prior, which costs one
 evaluation per scene.
 
-    python analyses/scenes.py               # writes analyses/results/studies/scenes/
-    python analyses/scenes.py --quick       # a smoke run
+    python -m analyses.scenes               # writes analyses/results/studies/scenes/
+    python -m analyses.scenes --quick       # a smoke run
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 import torch
-from _studies import RESULTS, cached_model, pick, top2_titles
 
 import bayestrex as bt
+from analyses._studies import RESULTS, cached_model, pick, top2_titles
 from bayestrex import nets
-from bayestrex._util import atomic_path, markdown_table, write_json
+from bayestrex.io import atomic_path, markdown_table, write_json
 from bayestrex.kernels.mh import MetropolisHastings
 from bayestrex.scenes import ScenePrior, SceneRenderer, count
 

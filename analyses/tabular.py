@@ -4,8 +4,8 @@ the generator, and a random forest as a black box (no gradients: elliptical slic
 For high confidence in each cultivar and for ambiguity between cultivar pairs: attainment, R-hat, and example
 draws shown as table rows in the original units, next to the mean of the real wines of the classes involved.
 
-    python analyses/tabular.py            # writes analyses/results/studies/tabular/
-    python analyses/tabular.py --quick
+    python -m analyses.tabular            # writes analyses/results/studies/tabular/
+    python -m analyses.tabular --quick
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _studies import RESULTS
 
 import bayestrex as bt
-from bayestrex._util import atomic_path, markdown_table, write_json
+from analyses._studies import RESULTS
+from bayestrex.io import atomic_path, markdown_table, write_json
 from bayestrex.tabular import Standardizer, train_tabular_vae
 
 SHOWN = ["alcohol", "malic_acid", "flavanoids", "color_intensity", "hue", "proline"]

@@ -4,15 +4,15 @@ An explanation is a posterior over a generator's latent codes given a target sta
 probabilities: ``target -> posterior -> kernel -> draws -> Result (DataTree) -> plots / report / CLI``.
 """
 
-from . import data, diagnostics, kernels, nets, special, targets
+from . import data, density, diagnostics, driver, io, kernels, nets, special, targets
 from .blackbox import BlackBox
 from .posterior import Posterior
 from .result import Result, load
 from .sampling import sample
 
 __version__ = "0.1.0"
-__all__ = ["sample", "load", "Result", "Posterior", "BlackBox", "targets", "kernels", "data", "nets", "diagnostics",
-           "special", "plots"]
+__all__ = ["sample", "load", "Result", "Posterior", "BlackBox", "targets", "density", "kernels", "driver", "data",
+           "nets", "diagnostics", "io", "special", "plots"]
 
 
 def __getattr__(name):  # plots pulls in matplotlib: import it on first use

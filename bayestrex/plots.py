@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 
-from ._util import atomic_path  # noqa: E402
+from .io import atomic_path  # noqa: E402
 
 __all__ = ["image_grid", "statistic_hist", "trace", "montage", "contrastive", "walk", "save"]
 
@@ -42,7 +42,7 @@ def _spread(num_chains: int, num_draws: int, n: int) -> list[tuple[int, int]]:
 
 def image_grid(result, generator=None, *, n: int = 32, cols: int = 8, path=None):
     """A grid of ``n`` draws (spread over chains and draws), each titled with its two most probable classes."""
-    healthy = [c for c in range(result.num_chains) if c not in result.failed_chains]
+    healthy = result.healthy_chains
     picks = [(healthy[c], d) for c, d in _spread(len(healthy), result.num_draws, n)]
     x = result.images(generator)
     rows = math.ceil(len(picks) / cols)
@@ -57,7 +57,7 @@ def image_grid(result, generator=None, *, n: int = 32, cols: int = 8, path=None)
         ok = bool(result.attained[c, d])
         ax.set_title("  ".join(f"{k}:{p:.2f}" for p, k in zip(top.values.tolist(), top.indices.tolist())),
                      fontsize=7, color="black" if ok else "tab:red")
-    fig.suptitle(f"{result.target}: draws (red title = outside tolerance); attainment {result.attainment:.0%}",
+    fig.suptitle(f"{result.target_spec}: draws (red title = outside tolerance); attainment {result.attainment:.0%}",
                  fontsize=9)
     return _finish(fig, path)
 
@@ -70,7 +70,7 @@ def statistic_hist(result, *, path=None):
     fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.4 * rows), squeeze=False)
     for ax in axes.flat[m:]:
         ax.axis("off")
-    healthy = [c for c in range(result.num_chains) if c not in result.failed_chains]
+    healthy = result.healthy_chains
     for j, (ax, name) in enumerate(zip(axes.flat, result.statistic_names)):
         u = result.u[healthy][..., j].flatten().numpy()
         t = float(result.target_value[j])
@@ -81,7 +81,7 @@ def statistic_hist(result, *, path=None):
         ax.set_title(f"{name}: {within:.0%} within ±{result.tolerance:g}", fontsize=8)
         ax.set_xlabel("")
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"{result.target}: target statistics (sigma = {result.sigma:g})", fontsize=9)
+    fig.suptitle(f"{result.target_spec}: target statistics (sigma = {result.sigma:g})", fontsize=9)
     fig.tight_layout()
     return _finish(fig, path)
 
@@ -95,7 +95,7 @@ def trace(result, *, max_dims: int = 6, path=None):
     d = min(z.shape[-1], max_dims)
     fig, axes = plt.subplots(d, 2, figsize=(9, 1.5 * d), squeeze=False, gridspec_kw=dict(width_ratios=[3, 1]))
     colors = sns.color_palette("husl", result.num_chains)
-    healthy = [c for c in range(result.num_chains) if c not in result.failed_chains]
+    healthy = result.healthy_chains
     for i in range(d):
         zi = z[healthy][..., i]
         ranks = torch.argsort(torch.argsort(zi.flatten())).reshape(zi.shape).float()
@@ -107,7 +107,7 @@ def trace(result, *, max_dims: int = 6, path=None):
         axes[i, 1].set_yticks([])
     axes[0, 0].set_title("trace per chain", fontsize=8)
     axes[0, 1].set_title("rank histogram per chain", fontsize=8)
-    fig.suptitle(f"{result.target}: {len(healthy)} chains x {result.num_draws} draws", fontsize=9)
+    fig.suptitle(f"{result.target_spec}: {len(healthy)} chains x {result.num_draws} draws", fontsize=9)
     fig.tight_layout()
     return _finish(fig, path)
 

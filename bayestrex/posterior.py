@@ -2,9 +2,10 @@
 
     p(z | u*) ∝ N(z; μ0, s0² I) · Π_j N(u*_j; u_j(softmax(f(G(z)))), σ²)
 
-``Posterior.log_density`` evaluates it for a batch of codes ``z [C, d]`` (one value per chain, normalising
-constants included); ``Posterior.pyro_model`` is the same density written as a Pyro model, for Pyro's
-kernels and for anyone who wants to extend it in Pyro.
+``Posterior`` is a :class:`~bayestrex.density.LogDensity`: ``terms(z)`` evaluates prior, likelihood and the class
+probabilities and statistics of a batch of codes ``z [C, d]`` in one forward pass (normalising constants included),
+and the kernels use it through that contract. ``Posterior.pyro_model`` is the same density written as a Pyro model,
+for anyone who wants to extend it in Pyro.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from .density import LOG_SQRT_2PI, GaussianPrior, LogDensity
 from .targets import Target, parse
 
 __all__ = ["Posterior"]
-
-_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def _module_device(f, name: str) -> torch.device | None:
@@ -39,7 +39,7 @@ def _module_dtype(f) -> torch.dtype | None:
     return None
 
 
-class Posterior:
+class Posterior(LogDensity):
     """Posterior over latent codes ``z`` of ``generator`` given a classifier ``target``.
 
     Parameters
@@ -93,7 +93,7 @@ class Posterior:
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
 
-        self.generator, self.classifier, self.target, self.prior = generator, classifier, parse(target), prior
+        self.generator, self.classifier, self.target = generator, classifier, parse(target)
         self.latent_dim, self.sigma = latent_dim, sigma
         self.device = self._resolve_device(device)
         self.dtype = _module_dtype(generator) or torch.float32
@@ -108,6 +108,8 @@ class Posterior:
         self.prior_scale = torch.as_tensor(prior_scale, dtype=self.dtype, device=self.device).expand(latent_dim).clone()
         if not (self.prior_scale > 0).all():
             raise ValueError("prior_scale must be positive")
+        #: the prior the kernels see: the Gaussian, or the user's prior object
+        self.prior = prior if prior is not None else GaussianPrior(self.prior_loc, self.prior_scale)
         self.num_classes = self._probe(check_logits)
         self.target.validate(self.num_classes)
         self.value = self.target.value(self.num_classes).to(device=self.device, dtype=self.dtype)
@@ -131,8 +133,8 @@ class Posterior:
 
     def _probe(self, check_logits: bool) -> int:
         g = torch.Generator().manual_seed(0)
-        n = len(self.prior_loc) if self.prior_loc.dim() == 2 else 4
-        z = self._prior_draws(n, g)
+        n = len(self.prior_loc) if self.per_chain else 4
+        z = self.prior_draws(n, g)
         try:
             with torch.no_grad():
                 x = self.generator(z)
@@ -182,38 +184,33 @@ class Posterior:
         p = self.probs(z)
         return p, self.target.statistic(p)
 
-    def _prior_draws(self, n: int, g: torch.Generator) -> torch.Tensor:
-        if self.prior is not None:
-            return torch.as_tensor(self.prior.sample(n, g)).to(self.device, self.dtype)
-        z = torch.randn(n, self.latent_dim, generator=g).to(self.device, self.dtype)
+    @property
+    def gaussian(self) -> bool:
+        """Whether the prior is the Gaussian ``N(prior_loc, prior_scale²)`` (not a user prior object)."""
+        return isinstance(self.prior, GaussianPrior)
+
+    def prior_draws(self, n: int, rng: torch.Generator) -> torch.Tensor:
+        """``[n, d]`` draws from the prior (``rng`` a CPU ``torch.Generator``), on the models' device."""
+        if not self.gaussian:
+            return torch.as_tensor(self.prior.sample(n, rng)).to(self.device, self.dtype)
+        z = torch.randn(n, self.latent_dim, generator=rng).to(self.device, self.dtype)
         return z * self.prior_scale + self.prior_loc
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
-        if self.prior is not None:
-            return self.prior.log_prob(z)
-        w = (z - self.prior_loc) / self.prior_scale
-        return (-0.5 * w.square() - self.prior_scale.log() - _LOG_SQRT_2PI).sum(-1)
+        """``[C]`` log prior density of ``z [C, d]``."""
+        return self.prior.log_prob(z)
 
     def log_likelihood(self, u: torch.Tensor) -> torch.Tensor:
+        """``[C]`` log likelihood ``Σ_j log N(u*_j; u_j, σ²)`` of statistics ``u [C, m]``."""
         w = (u - self.value) / self.sigma
-        return (-0.5 * w.square() - math.log(self.sigma) - _LOG_SQRT_2PI).sum(-1)
+        return (-0.5 * w.square() - math.log(self.sigma) - LOG_SQRT_2PI).sum(-1)
 
-    def log_density(self, z: torch.Tensor) -> torch.Tensor:
-        """Log posterior density (up to the evidence) of each code in ``z [C, d]``: shape ``[C]``.
-
-        Non-finite values (NaN or inf from the generator or classifier) become ``-inf``, so kernels reject them.
-        """
-        _, u = self.statistics(z)
-        lp = self.log_prior(z) + self.log_likelihood(u)
-        return torch.where(torch.isfinite(lp), lp, torch.full_like(lp, -math.inf))
-
-    def potential_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-chain potential energy ``-log_density`` ``[C]`` and its gradient ``[C, d]`` (one batched pass)."""
-        z = z.detach().requires_grad_(True)
-        with torch.enable_grad():
-            pe = -self.log_density(z)
-            (grad,) = torch.autograd.grad(pe.sum(), z)
-        return pe.detach(), grad
+    def terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """``(log prior [C], log likelihood [C], {"probs": [C, K], "u": [C, m]})`` of ``z [C, d]``, one forward
+        pass, differentiable. ``log_density(z)`` (their sum; non-finite values become ``-inf``),
+        ``potential_and_grad(z)`` and ``evaluate(z)`` come from :class:`~bayestrex.density.LogDensity`."""
+        p, u = self.statistics(z)
+        return self.log_prior(z), self.log_likelihood(u), {"probs": p, "u": u}
 
     def pyro_model(self, num_chains: int = 1):
         """The same posterior as a Pyro model over a site ``z`` of shape ``[num_chains, d]``.
@@ -221,7 +218,7 @@ class Posterior:
         The chains are a ``pyro.plate``; the target values are observed at site ``u``.
         """
 
-        if self.prior is not None:
+        if not self.gaussian:
             raise ValueError("the Pyro kernels need the Gaussian prior; a custom prior is sampled with kernel='mh'")
 
         def model():
@@ -252,20 +249,20 @@ class Posterior:
         Starting points do not bias MCMC; this only keeps chains out of basins that hold no posterior mass. A chain
         that still starts in one shows up in R-hat (chains disagree) and attainment.
         """
-        if self.prior_loc.dim() == 2:
+        if self.per_chain:
             raise ValueError("initial_points needs one prior centre for all chains; with a per-chain prior_loc "
                              "pass init= (e.g. the prior centres themselves)")
         n = candidates or max(4096, 16 * num_chains)
         m = min(n, pool or 4 * num_chains)
         g = torch.Generator().manual_seed(seed)
-        z = self._prior_draws(n, g)
+        z = self.prior_draws(n, g)
         loglik = torch.cat([self.log_likelihood(self.statistics(b)[1]) for b in z.split(batch_size)])
         z = z[_gumbel_top_k(loglik, m, g)]
         if optimize_steps > 0 and self.differentiable:
             z = z.clone().requires_grad_(True)
             opt = torch.optim.Adam([z], lr=learning_rate)
             for _ in range(optimize_steps):
-                _, grad = self.potential_and_grad(z.detach())
+                _, grad, _ = self.potential_and_grad(z.detach())
                 z.grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
                 opt.step()
             z = z.detach()

@@ -1,6 +1,6 @@
 """Smoke runs of the analyses: the whole pipeline on tiny settings (the real runs are their own commands)."""
 
-import importlib.util
+import importlib
 import json
 from pathlib import Path
 
@@ -8,10 +8,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _module(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "analyses" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """An analysis as the command ``python -m analyses.NAME`` runs it (the repository root is on the path)."""
+    return importlib.import_module(f"analyses.{name}")
 
 
 def test_kernel_benchmark_quick_run_writes_its_table(tmp_path):
@@ -34,7 +32,6 @@ def test_kernel_benchmark_quick_run_writes_its_table(tmp_path):
 def test_roofline_counts_flops_by_hand_and_splits_the_speedup_into_its_factors(tmp_path, monkeypatch):
     import bayestrex as bt
 
-    monkeypatch.syspath_prepend(str(ROOT / "analyses"))  # roofline imports bench_kernels, as when run as a script
     roof = _module("roofline")
     vae, clf = bt.nets.pretrained("digits", progress=False)
     post = bt.Posterior(vae.decoder, clf, "ambiguous:3,8", sigma=0.025)
@@ -80,7 +77,6 @@ def tiny_zoo(tmp_path, monkeypatch):
     monkeypatch.setitem(nets.RECIPES, "digits", dict(vae=dict(latent_dim=5, hidden=64, epochs=20, batch_size=128),
                                                       cnn=dict(epochs=8, batch_size=64),
                                                       gan=dict(latent_dim=5, hidden=32, epochs=1)))
-    monkeypatch.syspath_prepend(str(ROOT / "analyses"))
     return ["--dataset", "digits", "--quick", "--quiet", "--threads", "1", "--weights-dir", str(tmp_path / "w"),
             "--out", str(tmp_path / "out")]
 
@@ -181,7 +177,6 @@ def test_manifolds_study_smoke(tmp_path, tiny_zoo):
 
 
 def test_scene_study_smoke(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "analyses"))
     out = _module("scenes").main(["--quick", "--quiet", "--threads", "1", "--out", str(tmp_path)])
     assert out["counter"][0]["classes"] == "0..5 circles"
     assert [r["study"].split(" ")[0] for r in out["rows"]] == ["no", "ambiguous"]
@@ -194,7 +189,6 @@ def test_scene_study_smoke(tmp_path, monkeypatch):
 
 
 def test_tabular_study_smoke(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "analyses"))
     out = _module("tabular").main(["--quick", "--quiet", "--out", str(tmp_path)])
     assert out["models"][0]["test_accuracy"] > 0.85
     assert [r["target"] for r in out["rows"]] == ["high:0", "ambiguous:1,2"]

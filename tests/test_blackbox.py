@@ -7,12 +7,13 @@ from test_kernels import check_moments
 from test_sampling import SIGMA, Identity, logistic, reference_moments
 
 import bayestrex as bt
+from bayestrex.driver import run
 from bayestrex.kernels import Density, get
 
 
 def test_slice_standard_normal_10d():
     z0 = torch.randn(32, 10, generator=torch.Generator().manual_seed(0)) * 2
-    draws = get("slice").run(Density(lambda z: -0.5 * z.square().sum(-1), 10), z0,
+    draws = run(get("slice"), Density(lambda z: -0.5 * z.square().sum(-1), 10), z0,
                              num_samples=800, warmup=200, seed=0, progress=False)
     check_moments(draws.z, torch.zeros(10), torch.ones(10), max_rhat=1.01)
     assert draws.info["grad_evals"] == 0 and draws.stats["n_steps"].min() >= 1
@@ -26,7 +27,7 @@ def test_slice_correlated_gaussian_condition_100():
     prec, mu = torch.linalg.inv(cov), torch.linspace(-1, 1, d)
     dens = Density(lambda z: -0.5 * (((z - mu) @ prec) * (z - mu)).sum(-1), d)
     z0 = torch.randn(32, d, generator=torch.Generator().manual_seed(0))
-    draws = get("slice").run(dens, z0, num_samples=600, warmup=200, seed=1, progress=False)
+    draws = run(get("slice"), dens, z0, num_samples=600, warmup=200, seed=1, progress=False)
     check_moments(draws.z, mu, torch.diag(cov) + mu.square(), max_rhat=1.01)
 
 

@@ -29,7 +29,7 @@ def test_sample_writes_result_figures_and_summary_then_diagnose_reads_it(tmp_pat
     assert "| target | kernel |" in printed and "u[p0]" in printed and "attainment" in printed
 
     r = bt.load(out / "result.nc")
-    assert r.z.shape == (2, 15, 5) and r.target == "high:0"
+    assert r.z.shape == (2, 15, 5) and r.target_spec == "high:0"
     assert main(["diagnose", str(out / "result.nc")]) == 0
     printed = capsys.readouterr().out
     assert "Result(target='high:0'" in printed and "r_hat" in printed
@@ -59,9 +59,11 @@ def test_sample_with_a_batched_kernel_and_its_step_cap(kernel, tmp_path):
 
 
 def test_unknown_kernel_names_the_choices(tmp_path, capsys):
-    assert main(["sample", "--target", "high:0", "--kernel", "nutz", "--out", str(tmp_path), "--quiet"]) == 2
+    with pytest.raises(SystemExit) as stop:  # argparse refuses it, naming the registered kernels
+        main(["sample", "--target", "high:0", "--kernel", "nutz", "--out", str(tmp_path), "--quiet"])
     err = capsys.readouterr().err
-    assert "--kernel must be one of ['chees', 'hmc', 'mh', 'nuts', 'nuts-plate', 'slice'], got 'nutz'" in err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert "--kernel: invalid choice: 'nutz' (choose from 'chees', 'hmc', 'mh', 'nuts', 'nuts-plate', 'slice')" in err
 
 
 def test_demo_samples_targets_in_parallel_processes(tmp_path, capsys):
@@ -102,7 +104,8 @@ def test_xgems_and_cdeepex_commands_write_their_figures_and_numbers(tmp_path, ca
     numbers = json.loads((out / "xgems.json").read_text())
     assert numbers["target"] == 3 and numbers["switched"] and numbers["probs_at_xgem"][3] >= 0.4
     assert (out / "xgems-path.png").read_bytes()[:4] == b"\x89PNG"
-    assert main(["cdeepex", "--index", "3", "--probe", "3", "--out", str(out), "--quiet"]) == 0
+    # the augmented Lagrangian needs 100-115 outer iterations here, depending on the CPU's floating-point kernels
+    assert main(["cdeepex", "--index", "3", "--probe", "3", "--outer", "200", "--out", str(out), "--quiet"]) == 0
     numbers = json.loads((out / "cdeepex.json").read_text())
     p = numbers["probs_at_boundary"]
     assert numbers["converged"] and abs(p[numbers["true"]] - p[3]) < 0.05

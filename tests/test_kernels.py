@@ -10,6 +10,7 @@ import pytest
 import torch
 from arviz_base import from_dict
 
+from bayestrex.driver import run
 from bayestrex.kernels import Density, get
 from bayestrex.kernels.chees import ChEES, chees_gradient, halton
 from bayestrex.kernels.hmc import BatchedHMC
@@ -38,7 +39,7 @@ KERNELS = {"hmc": lambda: BatchedHMC(), "chees": lambda: ChEES()}
 @pytest.mark.parametrize("name", ["hmc", "chees"])
 def test_standard_normal_10d(name):
     dens = Density(lambda z: -0.5 * z.square().sum(-1), 10)
-    draws = KERNELS[name]().run(dens, start(32, 10, scale=2.0), num_samples=300, warmup=300, seed=0,
+    draws = run(KERNELS[name](), dens, start(32, 10, scale=2.0), num_samples=300, warmup=300, seed=0,
                                 progress=False)
     check_moments(draws.z, torch.zeros(10), torch.ones(10), max_rhat=1.01)
     assert not draws.stats["diverging"].any()
@@ -55,7 +56,7 @@ def test_correlated_gaussian_condition_100(name):
     mu = torch.linspace(-1, 1, d)
     dens = Density(lambda z: -0.5 * (((z - mu) @ prec) * (z - mu)).sum(-1), d)
     assert torch.linalg.cond(cov) >= 99
-    draws = KERNELS[name]().run(dens, start(32, d), num_samples=300, warmup=400, seed=1, progress=False)
+    draws = run(KERNELS[name](), dens, start(32, d), num_samples=300, warmup=400, seed=1, progress=False)
     check_moments(draws.z, mu, torch.diag(cov) + mu.square(), max_rhat=1.01)
 
 
@@ -67,7 +68,7 @@ def test_funnel_divergences_are_detected_and_reported(name):
         v, x = z[:, 0], z[:, 1:]
         return -0.5 * (v / 3) ** 2 - 0.5 * (x.square() * torch.exp(-v).unsqueeze(-1)).sum(-1) - 0.5 * 9 * v
 
-    draws = KERNELS[name]().run(Density(funnel, 10), start(16, 10), num_samples=200, warmup=200, seed=0,
+    draws = run(KERNELS[name](), Density(funnel, 10), start(16, 10), num_samples=200, warmup=200, seed=0,
                                 progress=False)
     div = draws.stats["diverging"]
     assert div.dtype == torch.bool and div.shape == (16, 200)
@@ -79,7 +80,7 @@ def test_chees_adapts_like_blackjax_on_a_stretched_gaussian():
     """BlackJAX's own check: N(0, diag(1, 10²)), 16 chains, 1000 warmup → step ≈ 1.5 ± 0.3, mean steps ≈ 9 ± 3."""
     scales = torch.tensor([1.0, 10.0])
     dens = Density(lambda z: -0.5 * (z / scales).square().sum(-1), 2)
-    draws = ChEES(mass="identity").run(dens, start(16, 2), num_samples=100, warmup=1000, seed=0, progress=False)
+    draws = run(ChEES(mass="identity"), dens, start(16, 2), num_samples=100, warmup=1000, seed=0, progress=False)
     assert 1.2 <= draws.info["step_size"] <= 1.8, draws.info
     assert 6 <= draws.stats["n_steps"].float().mean() <= 12, draws.stats["n_steps"].float().mean()
     assert (draws.stats["n_steps"] == draws.stats["n_steps"][:1]).all(), "every chain takes the same steps"
@@ -90,7 +91,7 @@ def test_chees_trajectory_length_moves_only_by_its_own_optimiser():
     # averaging (or its 10x restart after a mass window) ratcheted T up for good (3.0 came out as 7.35).
     normal = Density(lambda z: -0.5 * z.square().sum(-1), 2)
     kernel = ChEES(initial_trajectory_length=3.0, learning_rate=1e-6)
-    draws = kernel.run(normal, start(16, 2), num_samples=5, warmup=150, seed=0, progress=False)
+    draws = run(kernel, normal, start(16, 2), num_samples=5, warmup=150, seed=0, progress=False)
     assert draws.info["trajectory_length"] == pytest.approx(3.0, rel=1e-3)
 
 
@@ -111,9 +112,9 @@ def test_chees_gradient_by_hand():
 @pytest.mark.parametrize("name", ["hmc", "chees"])
 def test_same_seed_same_draws(name):
     dens = Density(lambda z: -0.5 * z.square().sum(-1), 3)
-    a = get(name).run(dens, start(4, 3), num_samples=20, warmup=30, seed=7, progress=False)
-    b = get(name).run(dens, start(4, 3), num_samples=20, warmup=30, seed=7, progress=False)
-    c = get(name).run(dens, start(4, 3), num_samples=20, warmup=30, seed=8, progress=False)
+    a = run(get(name), dens, start(4, 3), num_samples=20, warmup=30, seed=7, progress=False)
+    b = run(get(name), dens, start(4, 3), num_samples=20, warmup=30, seed=7, progress=False)
+    c = run(get(name), dens, start(4, 3), num_samples=20, warmup=30, seed=8, progress=False)
     assert torch.equal(a.z, b.z) and not torch.equal(a.z, c.z)
 
 
@@ -129,14 +130,14 @@ def test_nan_region_is_rejected(name):
     z0[:, 0] = z0[:, 0].clamp(max=0.0)
     # at a hard wall, a smaller step does not help a trajectory that heads into it: cap the steps to stay quick
     kernel = BatchedHMC(max_steps=64) if name == "hmc" else ChEES(max_steps=64)
-    draws = kernel.run(Density(logp, 2), z0, num_samples=100, warmup=100, seed=0, progress=False)
+    draws = run(kernel, Density(logp, 2), z0, num_samples=100, warmup=100, seed=0, progress=False)
     assert (draws.z[..., 0] <= 0.5).all() and torch.isfinite(draws.z).all()
     div = draws.stats["diverging"]
     assert div.any() and not draws.stats["accepted"][div].any()
     assert torch.isfinite(draws.stats["acceptance_rate"]).all()
     z0[5, 0] = 3.0
     with pytest.raises(ValueError, match=r"init: .*not finite .*chains \[5\]"):
-        get(name).run(Density(logp, 2), z0, num_samples=10, warmup=10, seed=0, progress=False)
+        run(get(name), Density(logp, 2), z0, num_samples=10, warmup=10, seed=0, progress=False)
 
 
 def test_bad_arguments():
@@ -147,5 +148,5 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="max_steps"):
         BatchedHMC(max_steps=0)
     with pytest.raises(ValueError, match="num_chains must be >= 2"):
-        ChEES().run(Density(lambda z: -z.square().sum(-1), 2), start(1, 2), num_samples=5, warmup=5, seed=0,
+        run(ChEES(), Density(lambda z: -z.square().sum(-1), 2), start(1, 2), num_samples=5, warmup=5, seed=0,
                     progress=False)

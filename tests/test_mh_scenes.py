@@ -8,6 +8,7 @@ import torch
 from test_kernels import check_moments
 
 import bayestrex as bt
+from bayestrex.driver import run
 from bayestrex.kernels import Density
 from bayestrex.kernels.mh import MetropolisHastings
 from bayestrex.scenes import ScenePrior, SceneRenderer, count
@@ -34,7 +35,7 @@ def test_mh_mixed_discrete_continuous_matches_the_exact_answer():
     pk = w / w.sum()
     z0 = torch.stack([torch.randint(3, (16,), generator=torch.Generator().manual_seed(0)).float(),
                       torch.zeros(16)], -1)
-    draws = MetropolisHastings(mixed_move).run(Density(mixed_log_density, 2), z0, num_samples=5000, warmup=500,
+    draws = run(MetropolisHastings(mixed_move), Density(mixed_log_density, 2), z0, num_samples=5000, warmup=500,
                                                seed=0, progress=False)
     k, x = draws.z[..., 0], draws.z[..., 1]
     onehot = torch.stack([(k == j).float() for j in range(3)], -1)
@@ -47,7 +48,7 @@ def test_mh_mixed_discrete_continuous_matches_the_exact_answer():
 
 def test_mh_random_walk_tunes_itself_on_a_gaussian():
     z0 = torch.randn(16, 3, generator=torch.Generator().manual_seed(1))
-    draws = MetropolisHastings().run(Density(lambda z: -0.5 * (z / 2).square().sum(-1), 3), z0, num_samples=3000,
+    draws = run(MetropolisHastings(), Density(lambda z: -0.5 * (z / 2).square().sum(-1), 3), z0, num_samples=3000,
                                      warmup=1000, seed=1, progress=False)
     check_moments(draws.z, torch.zeros(3), torch.full((3,), 4.0), max_rhat=1.01)
     assert 0.15 < draws.stats["acceptance_rate"].mean() < 0.45

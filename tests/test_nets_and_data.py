@@ -53,7 +53,7 @@ def _rewrite(path, payload: bytes):
     """Replace the weights and record the new checksum, so only the loader's own checks stand in the way."""
     path.write_bytes(payload)
     meta = json.loads(path.with_suffix(".json").read_text())
-    meta["sha256"] = nets._sha256(path)
+    meta["sha256"] = nets.sha256(path)
     path.with_suffix(".json").write_text(json.dumps(meta))
 
 
@@ -83,7 +83,7 @@ def test_pickled_code_is_never_executed(saved, capsys):
 def test_checkpoint_for_another_architecture(saved, tmp_path):
     nets.save(nets.CNN(num_classes=3), tmp_path / "other.pt")
     (tmp_path / "other.json").write_text(saved.with_suffix(".json").read_text().replace(
-        json.loads(saved.with_suffix(".json").read_text())["sha256"], nets._sha256(tmp_path / "other.pt")))
+        json.loads(saved.with_suffix(".json").read_text())["sha256"], nets.sha256(tmp_path / "other.pt")))
     with pytest.raises(nets.CheckpointError, match="does not fit a CNN"):
         nets.load(tmp_path / "other.pt")
     with pytest.raises(nets.CheckpointError, match="not found"):

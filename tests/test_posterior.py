@@ -48,7 +48,7 @@ def test_log_density_equals_the_pyro_model(target):
 def test_potential_and_grad_is_batched_per_chain():
     post = Posterior(Linear2(), classifier, "ambiguous:0,1")
     z = torch.randn(4, 2)
-    pe, g = post.potential_and_grad(z)
+    pe, g, aux = post.potential_and_grad(z)
     for c in range(4):
         zc = z[c : c + 1].clone().requires_grad_(True)
         (gc,) = torch.autograd.grad(-post.log_density(zc).sum(), zc)

@@ -58,11 +58,18 @@ def test_result_shapes_and_datatree(result):
     stats = set(dt["sample_stats"].data_vars)
     if result.info["kernel"] == "slice":  # no step size or Hamiltonian energy; n_steps = likelihood evaluations
         assert stats == {"diverging", "acceptance_rate", "n_steps"}
+    elif result.info["kernel"].startswith("nuts"):  # Pyro's public API has no per-draw acceptance probability
+        assert stats == {"diverging", "step_size", "tree_depth", "n_steps", "energy"}
     else:
         assert {"diverging", "acceptance_rate", "step_size", "n_steps", "energy"} <= stats
     assert dt["sample_stats"]["diverging"].dtype == bool
-    acc = dt["sample_stats"]["acceptance_rate"].values
-    assert ((acc >= 0) & (acc <= 1)).all() and acc.mean() > 0.5
+    if "acceptance_rate" in stats:
+        acc = dt["sample_stats"]["acceptance_rate"].values
+        assert ((acc >= 0) & (acc <= 1)).all() and acc.mean() > 0.5
+    # the probabilities of every draw come from the sampling pass itself, and match a fresh evaluation
+    fresh = torch.softmax(logistic(result.z.reshape(-1, 2)), -1).reshape(result.probs.shape)
+    assert torch.allclose(result.probs, fresh, atol=1e-5)
+    assert set(dt["log_likelihood"].data_vars) == {"u"}
     assert (dt["sample_stats"]["n_steps"].values >= 1).all()
 
 
@@ -84,7 +91,8 @@ def test_save_and_load_round_trip(result, tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["r.nc"]  # no temporary file left behind
     back = bt.load(path)
     assert torch.equal(back.z, result.z) and torch.equal(back.probs, result.probs) and torch.equal(back.u, result.u)
-    assert back.target == "high:1" and back.sigma == SIGMA and back.statistic_names == ["p1"]
+    assert back.target_spec == "high:1" and repr(back.target) == "high:1" and back.sigma == SIGMA
+    assert back.statistic_names == ["p1"] and torch.equal(back.log_likelihood, result.log_likelihood)
     assert torch.equal(back.stats["diverging"], result.stats["diverging"])
     assert back.attainment == result.attainment
     with pytest.raises(ValueError, match="needs the generator"):
@@ -110,22 +118,46 @@ def test_same_seed_same_draws():
     assert not torch.equal(a.z, c.z)
 
 
-def test_a_failing_chain_is_reported_not_dropped():
+def _flaky(fail_at: int):
+    """The identity generator, raising once, on its ``fail_at``-th call."""
     calls = {"n": 0}
 
     def flaky(z):
         calls["n"] += 1
-        if calls["n"] == 40:  # breaks once, during the first chain's run
+        if calls["n"] == fail_at:
             raise RuntimeError("simulated generator failure")
         return z
 
-    with pytest.warns(RuntimeWarning, match=r"chain\(s\) \[0\] failed"):
-        r = bt.sample(flaky, logistic, "high:1", latent_dim=2, num_chains=3, num_samples=30, warmup=30,
+    return flaky
+
+
+def test_a_failing_chain_is_reported_not_dropped():
+    # nuts runs each chain on its own: the chain that meets the failure stops; the others go on
+    with pytest.warns(RuntimeWarning, match=r"chain \d failed and holds NaN draws from iteration \d+"):
+        r = bt.sample(_flaky(400), logistic, "high:1", latent_dim=2, num_chains=3, num_samples=30, warmup=30,
                       sigma=SIGMA, progress=False, init=torch.full((3, 2), 0.5))  # init: no generator calls before
-    assert list(r.failed_chains) == [0] and "simulated generator failure" in r.failed_chains[0]
-    assert torch.isnan(r.z[0]).all() and torch.isfinite(r.z[1:]).all()
+    assert len(r.failed_chains) == 1
+    (bad,) = r.failed_chains
+    assert "simulated generator failure" in r.failed_chains[bad]
+    healthy = [c for c in range(3) if c != bad]
+    assert torch.isfinite(r.z[healthy]).all() and torch.isnan(r.z[bad, -1]).all()
     assert any("failed chains" in f for f in r.diagnose())
     assert np.isfinite(r.summary().loc["z[0]", "mean"])  # computed over the healthy chains
+
+
+@pytest.mark.parametrize("kernel", ["chees", "slice"])
+def test_a_failure_inside_a_batched_kernel_keeps_the_draws_so_far(kernel):
+    kw = dict(latent_dim=2, num_chains=4, num_samples=40, warmup=20, sigma=SIGMA, progress=False, kernel=kernel,
+              init=torch.full((4, 2), 0.5))
+    full = bt.sample(lambda z: z, logistic, "high:1", **kw)
+    calls = full.info["grad_calls" if kernel == "chees" else "likelihood_calls"]
+    with pytest.warns(bt.driver.SamplingStopped, match=r"stopped after \d+ of 40 draws .*simulated generator"):
+        r = bt.sample(_flaky(int(0.8 * calls)), logistic, "high:1", **kw)
+    assert 0 < r.num_draws < 40 and r.stopped.startswith("RuntimeError: simulated generator failure")
+    assert torch.equal(r.z, full.z[:, : r.num_draws])  # the draws before the failure, exactly as an unbroken run
+    assert torch.equal(r.probs, full.probs[:, : r.num_draws])
+    assert any(f.startswith("partial run") for f in r.diagnose())
+    assert "stopped=" in repr(r)
 
 
 def test_a_stuck_chain_is_reported_by_index_and_kept(result):

@@ -8,66 +8,82 @@ still-searching chains is one batched likelihood call; chains that have accepted
 
 Per-draw statistics: ``n_steps`` (likelihood evaluations of the chain in that draw), ``acceptance_rate`` (1, or 0
 when the bracket collapsed after ``max_shrinks`` evaluations and the chain kept its state), ``diverging`` (that
-collapse). With a :class:`~bayestrex.kernels.Density` the prior is taken as N(0, I) and ``L = density / N(0, I)``.
+collapse). With a :class:`~bayestrex.density.Density` given as one log density the prior is N(0, I) and
+``L = density / N(0, I)``. At a temperature ``beta`` (inside SMC) the slice runs on ``L^beta``: exact there too.
 """
 
 from __future__ import annotations
 
 import math
-import time
+from typing import NamedTuple
 
 import torch
-from tqdm.auto import tqdm
 
-from . import Draws, register
+from ..density import GaussianPrior
+from . import register
+from .base import positive_int
 
-__all__ = ["EllipticalSlice", "prior_and_likelihood"]
+__all__ = ["EllipticalSlice", "SliceState", "SliceInfo"]
 
-
-def prior_and_likelihood(posterior):
-    """``(loc, scale, log_likelihood(z) -> [C], log_density(z) -> [C])`` of a Posterior (its Gaussian prior and
-    likelihood) or of a Density (N(0, I) and the density over it). Non-finite values become ``-inf``."""
-    if getattr(posterior, "prior", None) is not None:
-        raise ValueError("kernel 'slice' needs the Gaussian prior; a custom prior is sampled with kernel='mh'")
-    if hasattr(posterior, "prior_loc") and hasattr(posterior, "statistics"):
-        loc, scale = posterior.prior_loc, posterior.prior_scale
-
-        def loglik(z):
-            return posterior.log_likelihood(posterior.statistics(z)[1])
-
-        logdens = posterior.log_density
-    else:
-        d = posterior.latent_dim
-        loc, scale = torch.zeros(d), torch.ones(d)
-
-        def loglik(z):
-            return posterior.log_density(z) + 0.5 * z.square().sum(-1)
-
-        logdens = posterior.log_density
-
-    def safe(f):
-        def g(z):
-            with torch.no_grad():
-                v = f(z)
-            return torch.where(torch.isfinite(v) | (v == -math.inf), v, torch.full_like(v, -math.inf))
-        return g
-
-    return loc, scale, safe(loglik), safe(logdens)
+#: the fitted reference Gaussian's covariance is inflated by this factor squared, so that density / reference stays
+#: bounded in the tails (a reference narrower than the target makes the slice's likelihood blow up there)
+REFERENCE_INFLATION = 1.3
 
 
-class _Reference:
-    """The Gaussian ``N(loc, L Lᵀ)`` whose ellipses the sampler walks; the likelihood is the density over it."""
+class _Reference(NamedTuple):
+    """The Gaussian ``N(loc, L Lᵀ)`` (or ``N(loc, diag(scale²))``) whose ellipses the sampler walks."""
 
-    def __init__(self, loc, chol=None, scale=None):
-        self.loc, self.chol, self.scale = loc, chol, scale
+    loc: torch.Tensor  #: [d] or [C, d]
+    chol: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
 
-    def draw(self, shape, g, like):
-        eps = torch.randn(shape, generator=g, device=like.device, dtype=like.dtype)
+    def draw(self, shape, rng, like):
+        eps = torch.randn(shape, generator=rng, device=like.device, dtype=like.dtype)
         return eps @ self.chol.T if self.chol is not None else eps * self.scale
 
     def log_prob(self, z):
         w = torch.linalg.solve_triangular(self.chol, (z - self.loc).T, upper=False).T
         return -0.5 * w.square().sum(-1) - self.chol.diagonal().log().sum()
+
+
+class SliceState(NamedTuple):
+    z: torch.Tensor  #: [C, d]
+    loglik: torch.Tensor  #: [C], log of the density over the reference (the slice's "likelihood")
+    aux: dict  #: the density's by-products at z
+    reference: _Reference
+
+
+class SliceInfo(NamedTuple):
+    n_steps: torch.Tensor  #: [C] likelihood evaluations
+    acceptance_rate: torch.Tensor  #: [C] 1, or 0 when the bracket collapsed
+    diverging: torch.Tensor  #: [C] bool: the bracket collapsed after max_shrinks evaluations
+
+
+class SliceAdaptState(NamedTuple):
+    reference: _Reference
+    history: tuple  #: states [C, d] collected for the next fit
+    fits: dict  #: iteration at which to fit -> first iteration of its history
+
+
+def _slice_loglik(density, reference: _Reference, prior_reference: bool):
+    """``(z [n, d], rows [n] or None) -> (log L(z) [n], aux)``: the density over the reference, non-finite values as
+    ``-inf``; ``rows`` are the chains the points belong to (for a temperature per chain)."""
+
+    def loglik(z, rows=None):
+        if density.untempered:
+            logp, aux = density.evaluate(z)
+            ll = aux["log_likelihood"] if prior_reference else logp - reference.log_prob(z)
+        else:  # a tempered view (inside SMC): the base density's likelihood, times each chain's temperature
+            _, aux = density.base.evaluate(z)
+            beta = density.beta
+            if isinstance(beta, torch.Tensor):
+                beta = beta if rows is None else beta[rows]
+            ll = beta * aux["log_likelihood"]
+            if not prior_reference:
+                ll = density.prior.log_prob(z) + ll - reference.log_prob(z)
+        return torch.where(torch.isfinite(ll) | (ll == -math.inf), ll, torch.full_like(ll, -math.inf)), aux
+
+    return loglik
 
 
 @register("slice")
@@ -81,32 +97,58 @@ class EllipticalSlice:
     """
 
     name = "slice"
+    summary = "elliptical slice sampling: likelihood evaluations only, exact, nothing to tune (black-box classifiers)"
     needs_gradients = False
+    recorded = ("n_steps", "acceptance_rate", "diverging")
 
     def __init__(self, max_shrinks: int = 100, adapt: bool = True):
-        if isinstance(max_shrinks, bool) or not isinstance(max_shrinks, int) or max_shrinks < 1:
-            raise ValueError(f"max_shrinks must be an integer >= 1, got {max_shrinks!r}")
-        self.max_shrinks, self.adapt = max_shrinks, bool(adapt)
+        self.max_shrinks = positive_int("max_shrinks", max_shrinks)
+        self.adapt = bool(adapt)
 
-    def step(self, z, ll, ref, loglik, g):
-        """One draw for every chain: ``(z, ll, evaluations [C], collapsed [C])``; ``ll`` is ``loglik(z)``."""
+    @staticmethod
+    def _prior_reference(density) -> _Reference:
+        prior = density.prior
+        if not isinstance(prior, GaussianPrior):
+            raise ValueError("kernel 'slice' needs the Gaussian prior; a custom prior is sampled with kernel='mh'")
+        return _Reference(prior.loc, scale=prior.scale)
+
+    def init(self, density, z0, rng) -> SliceState:
+        ref = self._prior_reference(density)
+        ll, aux = _slice_loglik(density, ref, True)(z0)
+        return SliceState(z0.clone(), ll, aux, ref)
+
+    def step(self, density, state: SliceState, params: dict, rng) -> tuple[SliceState, SliceInfo]:
+        """One draw for every chain: an ellipse through ``z`` and a reference draw, a slice level, a shrinking
+        bracket of angles; each shrink evaluates the still-searching chains in one batched call."""
+        ref = params.get("reference") or state.reference  # None: keep the state's ellipses
+        prior_ref = ref.chol is None
+        loglik = _slice_loglik(density, ref, prior_ref)
+        z, ll, aux = state.z, state.loglik, state.aux
+        if ref is not state.reference:  # re-centred: the same state, measured against the new reference
+            ll, aux = loglik(z)
         C = z.shape[0]
-        nu = ref.draw(z.shape, g, z)
-        log_y = ll + torch.log(torch.rand(C, generator=g, device=z.device, dtype=z.dtype))
-        theta = torch.rand(C, generator=g, device=z.device, dtype=z.dtype) * 2 * math.pi
+        nu = ref.draw(z.shape, rng, z)
+        log_y = ll + torch.log(torch.rand(C, generator=rng, device=z.device, dtype=z.dtype))
+        theta = torch.rand(C, generator=rng, device=z.device, dtype=z.dtype) * 2 * math.pi
         lo, hi = theta - 2 * math.pi, theta.clone()
         f = z - ref.loc
         searching = torch.ones(C, dtype=torch.bool, device=z.device)
         evals = torch.zeros(C, dtype=torch.long)
-        new_z, new_ll = z.clone(), ll.clone()
-        per_chain = ref.loc.dim() == 2  # per-chain models (a residual per chain): evaluate every row
+        new_z, new_ll, new_aux = z.clone(), ll.clone(), {k: v.clone() for k, v in aux.items()}
+        per_chain = density.per_chain  # one model per chain (a residual per chain): evaluate every row
         for _ in range(self.max_shrinks):
             prop = f * torch.cos(theta)[:, None] + nu * torch.sin(theta)[:, None] + ref.loc
             idx = torch.nonzero(searching).flatten()
-            prop_ll = loglik(prop)[idx] if per_chain else loglik(prop[idx])
+            if per_chain:
+                prop_ll, prop_aux = loglik(prop)
+                prop_ll, prop_aux = prop_ll[idx], {k: v[idx] for k, v in prop_aux.items()}
+            else:
+                prop_ll, prop_aux = loglik(prop[idx], idx)
             evals[idx.cpu()] += 1
             ok = prop_ll > log_y[idx]
             new_z[idx[ok]], new_ll[idx[ok]] = prop[idx[ok]], prop_ll[ok]
+            for k, v in prop_aux.items():
+                new_aux[k][idx[ok]] = v[ok].to(new_aux[k].dtype)
             searching[idx[ok]] = False
             if not searching.any():
                 break
@@ -114,41 +156,43 @@ class EllipticalSlice:
             t = theta[rest]
             lo[rest] = torch.where(t < 0, t, lo[rest])
             hi[rest] = torch.where(t < 0, hi[rest], t)
-            theta[rest] = lo[rest] + (hi[rest] - lo[rest]) * torch.rand(len(rest), generator=g, device=z.device,
+            theta[rest] = lo[rest] + (hi[rest] - lo[rest]) * torch.rand(len(rest), generator=rng, device=z.device,
                                                                         dtype=z.dtype)
-        return new_z, new_ll, evals, searching.cpu()
+        collapsed = searching.cpu()
+        return (SliceState(new_z, new_ll, new_aux, ref),
+                SliceInfo(evals, (~collapsed).float(), collapsed))
 
-    def run(self, posterior, z0, *, num_samples, warmup, seed, progress=True) -> Draws:
-        loc, scale, loglik, logdens = prior_and_likelihood(posterior)
-        ref, lik = _Reference(loc, scale=scale), loglik
-        g = torch.Generator(device=z0.device).manual_seed(seed)
-        z, ll = z0.clone(), lik(z0)
-        # re-centre twice: at warmup/4 on the states since warmup/8, at warmup/2 on the states since warmup/4
-        can = self.adapt and loc.dim() == 1 and warmup >= 20 and z0.shape[0] >= 2
-        fits = {warmup // 4: warmup // 8, warmup // 2: warmup // 4} if can else {}
-        history, zs, evals, collapsed, total, t0 = [], [], [], [], 0, time.perf_counter()
-        with tqdm(total=warmup + num_samples, desc=self.name, disable=not progress, unit="it") as bar:
-            for it in range(warmup + num_samples):
-                if it in fits:
-                    ref = _fit_reference(torch.cat(history), ref)
-                    lik = (lambda r: lambda q: logdens(q) - r.log_prob(q))(ref)
-                    ll = lik(z)
-                    history = []
-                z, ll, n, stuck = self.step(z, ll, ref, lik, g)
-                total += int(n.sum())
-                if any(start <= it < at for at, start in fits.items()):
-                    history.append(z.detach())
-                if it >= warmup:
-                    zs.append(z.detach().cpu())
-                    evals.append(n)
-                    collapsed.append(stuck)
-                bar.update()
-        n_steps = torch.stack(evals, dim=1)
-        diverging = torch.stack(collapsed, dim=1)
-        stats = dict(n_steps=n_steps, acceptance_rate=(~diverging).float(), diverging=diverging)
-        info = dict(kernel=self.name, likelihood_evals=total, grad_evals=0, max_shrinks=self.max_shrinks,
-                    adapted=bool(fits), sampling_seconds=time.perf_counter() - t0)
-        return Draws(z=torch.stack(zs, dim=1), stats=stats, info=info)
+    def adaptation(self, density, z0, num_warmup) -> _Recentring:
+        return _Recentring(self._prior_reference(density),
+                           self.adapt and not density.per_chain and num_warmup >= 20 and z0.shape[0] >= 2)
+
+
+class _Recentring:
+    """Re-centre the ellipses twice: at warmup/4 on the states since warmup/8, at warmup/2 on those since warmup/4."""
+
+    def __init__(self, prior_reference: _Reference, enabled: bool):
+        self.prior_reference, self.enabled = prior_reference, enabled
+
+    def init(self, state, num_warmup) -> SliceAdaptState:
+        fits = {num_warmup // 4: num_warmup // 8, num_warmup // 2: num_warmup // 4} if self.enabled else {}
+        return SliceAdaptState(self.prior_reference, (), fits)
+
+    def parameters(self, a: SliceAdaptState, it, rng) -> dict:
+        return {"reference": a.reference}
+
+    def update(self, a: SliceAdaptState, it, previous, state, info, params) -> SliceAdaptState:
+        history = a.history
+        if any(start <= it < at for at, start in a.fits.items()):
+            history = history + (state.z.detach(),)
+        if it + 1 in a.fits:
+            return a._replace(reference=_fit_reference(torch.cat(history), a.reference), history=())
+        return a._replace(history=history)
+
+    def final(self, a):
+        return a._replace(history=())
+
+    def describe(self, a) -> dict:
+        return dict(adapted=bool(a.fits))
 
 
 def _fit_reference(states: torch.Tensor, fallback: _Reference) -> _Reference:
@@ -163,7 +207,7 @@ def _fit_reference(states: torch.Tensor, fallback: _Reference) -> _Reference:
     cov = (n / (n + 5.0)) * cov + (5.0 / (n + 5.0)) * torch.diag(cov.diagonal()) + 1e-6 * torch.eye(len(mean),
                                                                                                      dtype=cov.dtype)
     try:
-        chol = torch.linalg.cholesky(cov * 1.3**2)
+        chol = torch.linalg.cholesky(cov * REFERENCE_INFLATION**2)
     except RuntimeError:
         return fallback
     return _Reference(mean, chol=chol)

@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes, markdown tables."""
+"""Files and tables: atomic writes (results, figures, JSON), strict JSON, markdown tables."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+
+__all__ = ["atomic_path", "write_json", "markdown_table"]
 
 
 @contextlib.contextmanager
