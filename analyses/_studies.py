@@ -1,8 +1,9 @@
 """What the Bayes-TrEx studies share: options, the zoo models, cached sampling of one target, tables and figures.
 
-Every study is one command (``python analyses/<study>.py --dataset mnist``) that writes ``<study>.md``,
-``<study>.json`` and PNG figures into ``--out/<dataset>/``. Sampled results are cached in ``--out/<dataset>/cache/``
-by (models, target, sampler settings), so studies that need the same posterior sample it once.
+Every study is one command (``python -m analyses.<study> --dataset mnist``) that writes ``<study>.md``,
+``<study>.json`` and PNG figures into ``--out/<dataset>/`` (``<study>-smc.*`` with ``--kernel smc``). Sampled results
+are cached in ``--out/<dataset>/cache/`` by (models, target, sampler settings), so studies that need the same
+posterior sample it once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 import bayestrex as bt
 from bayestrex.io import atomic_path, markdown_table, write_json
 from bayestrex.kernels.chees import ChEES
+from bayestrex.kernels.smc import SMC
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -34,6 +36,9 @@ def parser(description: str, *, default_chains=32, default_warmup=100, default_s
     p.add_argument("--max-steps", type=int, default=64,
                    help="chees: leapfrog cap per draw (default 64: ambiguous targets asked for ~150 at sigma 0.05, "
                         "5 min a target on 2 CPU cores; the cap costs mixing, reported as R-hat and ESS)")
+    p.add_argument("--kernel", choices=["chees", "smc"], default="chees",
+                   help="chees (many chains from the best prior draws) or smc (tempered from the prior: particles = "
+                        "--chains, in 4 independent runs; --warmup = mutation steps at the posterior) (default chees)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--weights-dir", default=None, help="folder of model weights (default: models/)")
@@ -49,7 +54,7 @@ class Study:
     def __init__(self, name: str, args):
         if args.quick:
             args.chains, args.warmup, args.samples = min(args.chains, 4), min(args.warmup, 10), min(args.samples, 10)
-        self.name, self.args = name, args
+        self.name, self.args = name + ("-smc" if args.kernel == "smc" else ""), args
         self.out = Path(args.out) / args.dataset
         self.cache = self.out / "cache"
         self.class_names = bt.data.CLASS_NAMES[args.dataset]
@@ -63,41 +68,53 @@ class Study:
     def data(self, split: str):
         return bt.data.load(self.args.dataset, split, root=self.args.data_root)
 
-    def sample(self, generator_name: str, classifier_name: str, target: str) -> tuple[bt.Result, torch.Tensor]:
-        """The posterior of ``target`` for (generator, classifier) of the zoo: ``(result, images [C, D, ...])``.
-        Cached on disk by models (their checksums), target and sampler settings."""
+    def sample(self, generator_name, classifier_name, target: str) -> tuple[bt.Result, torch.Tensor]:
+        """The posterior of ``target`` for (generator, classifier): zoo names, or models loaded from checkpoints
+        (anything with ``meta["sha256"]``): ``(result, images [C, D, ...])``. Cached on disk by models (their
+        checksums), target and sampler settings."""
         a = self.args
-        gen_model, clf = self.model(generator_name), self.model(classifier_name)
+        gen_model = self.model(generator_name) if isinstance(generator_name, str) else generator_name
+        clf = self.model(classifier_name) if isinstance(classifier_name, str) else classifier_name
         generator = gen_model.generator
-        key = json.dumps([a.dataset, gen_model.meta["sha256"], clf.meta["sha256"], target, a.chains, a.warmup,
-                          a.samples, a.sigma, a.max_steps, a.seed])
+        settings = [a.dataset, gen_model.meta["sha256"], clf.meta["sha256"], target, a.chains, a.warmup, a.samples,
+                    a.sigma, a.max_steps, a.seed]
+        key = json.dumps(settings + (["smc"] if a.kernel == "smc" else []))
         slug = target.replace(":", "_").replace(",", "_")
         path = self.cache / f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.nc"
         if path.is_file():
             result = bt.load(path)
         else:
             init = None
-            if a.quick:  # smoke runs: a short polish of the starting points (the default is 200 Adam steps)
+            if a.quick and a.kernel == "chees":  # smoke runs: a short polish of the starting points (default 200)
                 post = bt.Posterior(generator, clf, target, sigma=a.sigma)
                 init = post.initial_points(a.chains, seed=a.seed, optimize_steps=10)
+            kernel = ChEES(max_steps=a.max_steps) if a.kernel == "chees" else SMC(max_leapfrog=a.max_steps)
             result = bt.sample(generator, clf, target, num_chains=a.chains, num_samples=a.samples, warmup=a.warmup,
-                               sigma=a.sigma, kernel=ChEES(max_steps=a.max_steps), seed=a.seed,
-                               progress=not a.quiet, init=init)
+                               sigma=a.sigma, kernel=kernel, seed=a.seed, progress=not a.quiet, init=init)
             result.save(path)
         with torch.no_grad():
             images = result.images(generator)
         return result, images
 
     def row(self, result: bt.Result) -> dict:
-        """The diagnostics columns every study reports per target."""
+        """The diagnostics columns every study reports per target (for smc also the nested R-hat over its
+        independent runs, whether they agree on the split between regions, log Z and the level-set mass)."""
         o = bt.diagnostics.overview(result)
-        return {k: o[k] for k in ("target", "attainment", "max_r_hat", "min_ess_bulk", "min_ess_tail", "divergences",
-                                  "failed_chains", "stuck_chains", "seconds")}
+        row = {k: o[k] for k in ("target", "attainment", "max_r_hat", "min_ess_bulk", "min_ess_tail", "divergences",
+                                 "failed_chains", "stuck_chains", "grad_evals", "seconds")}
+        if self.args.kernel == "smc":
+            agreement = bt.diagnostics.run_agreement(result)
+            mass = result.level_set_mass()
+            row.update(nested_r_hat=o["nested_r_hat"], runs_agree=agreement["agree"],
+                       region_share_spread=round(agreement["max_difference"], 3), log_z=o["log_evidence"],
+                       log_z_se=o["log_evidence_se"], mass=float(f"{mass['mass']:.3g}"),
+                       mass_se=float(f"{mass['mass_se']:.2g}"), stages=len(result.groups["smc"]["beta"]))
+        return row
 
     def write(self, tables: dict[str, list[dict]], extra: dict | None = None) -> str:
         """Write ``<name>.md`` (one section per table) and ``<name>.json`` atomically; return the markdown."""
         a = self.args
-        settings = dict(dataset=a.dataset, kernel="chees", chains=a.chains, warmup=a.warmup, samples=a.samples,
+        settings = dict(dataset=a.dataset, kernel=a.kernel, chains=a.chains, warmup=a.warmup, samples=a.samples,
                         sigma=a.sigma, max_steps=a.max_steps, seed=a.seed, quick=a.quick,
                         seconds=round(time.perf_counter() - self.t0, 1))
         parts = [f"# {self.name} — {a.dataset}", "", "Settings: " + ", ".join(f"{k} {v}" for k, v in settings.items())]
