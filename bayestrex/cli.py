@@ -1,5 +1,5 @@
-"""The ``bayestrex`` command: ``demo``, ``sample``, ``diagnose``, ``train``, ``xgems``, ``cdeepex``. Thin: it calls
-the library."""
+"""The ``bayestrex`` command: ``demo``, ``sample``, ``diagnose``, ``train``, ``sbc``, ``xgems``, ``cdeepex``. Thin: it
+calls the library."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _sample_and_report(target, vae, clf, out: Path, args, prefix: str) -> dict:
     import bayestrex as bt
 
     result = bt.sample(vae.decoder, clf, target, num_chains=args.chains, num_samples=args.samples,
-                       warmup=args.warmup, sigma=args.sigma, kernel=_kernel(args), seed=args.seed,
+                       warmup=_warmup(args), sigma=args.sigma, kernel=_kernel(args), seed=args.seed,
                        progress=not args.quiet)
     bt.plots.image_grid(result, path=out / f"{prefix}images.png")
     bt.plots.statistic_hist(result, path=out / f"{prefix}statistics.png")
@@ -51,9 +51,20 @@ def _kernel(args):
         return BatchedHMC(max_steps=args.max_steps, dense_mass=True if args.dense_mass else None)
     if args.kernel == "chees":
         return ChEES(max_steps=args.max_steps)
+    if args.kernel == "smc":
+        from .kernels.smc import SMC
+
+        return SMC(max_leapfrog=args.max_steps)
     if args.kernel not in KERNELS:  # argparse's choices already hold this; kept for programmatic callers
         raise ValueError(f"--kernel must be one of {sorted(KERNELS)}, got {args.kernel!r}")
     return args.kernel
+
+
+def _warmup(args) -> int | None:
+    """--warmup, or its default: the command's for MCMC kernels, the kernel's own for smc."""
+    if args.warmup is not None:
+        return args.warmup
+    return None if args.kernel == "smc" else args.default_warmup
 
 
 def _setup(args):
@@ -251,6 +262,42 @@ def cmd_cdeepex(args) -> int:
     return 0
 
 
+def cmd_sbc(args) -> int:
+    """Simulation-based calibration of one kernel on one statistic: ranks, ECDF figure, verdict."""
+
+    from .io import atomic_path, markdown_table, write_json
+    from .sbc import plot, simulate
+
+    out = Path(args.out)
+    vae, clf = _setup(args)
+    kernel = _kernel(args)
+    t0 = time.perf_counter()
+    res = simulate(vae.decoder, clf, args.statistic, kernel=kernel, sigma=args.sigma, replicates=args.replicates,
+                   num_chains=args.chains, num_samples=args.samples, warmup=_warmup(args), draws=args.draws,
+                   seed=args.seed, jobs=args.jobs, progress=not args.quiet)
+    seconds = round(time.perf_counter() - t0, 1)
+    verdicts = res.verdicts()
+    rows = [dict(quantity=res.names[q], verdict="pass" if v["passed"] else "FAIL", max_ecdf_gap=round(v["worst"], 3),
+                 mean_rank=round(v["mean_rank"], 3), share_at_the_ends=round(v["edge_share"], 3))
+            for q, v in verdicts.items()]
+    diag = res.diagnostics
+    summary = dict(verdict="pass" if all(v["passed"] for v in verdicts.values()) else "FAIL", seconds=seconds,
+                   median_max_r_hat=float(sorted(d["max_r_hat"] for d in diag)[len(diag) // 2]),
+                   median_attainment=float(sorted(d["attainment"] for d in diag)[len(diag) // 2]),
+                   grad_evals=int(sum(d["grad_evals"] for d in diag)), dataset=args.dataset, **res.settings,
+                   command="bayestrex " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("bayestrex") else None)
+    plot(res, path=out / "sbc.png")
+    write_json(dict(summary=summary, quantities=rows, ranks=res.ranks.tolist(), replicates=diag), out / "sbc.json")
+    md = "\n".join([f"# SBC: {res.settings['kernel']} on {args.statistic}, sigma {args.sigma}", "",
+                    markdown_table([summary]), "", markdown_table(rows)])
+    with atomic_path(out / "sbc.md") as tmp:
+        tmp.write_text(md + "\n")
+    print(md)
+    print(f"\nverdict: {summary['verdict']} ({len(diag)} replicates, ranks among {res.num_draws} draws; "
+          f"{seconds} s); wrote sbc.png, sbc.json and sbc.md to {out}/")
+    return 1 if args.strict and summary["verdict"] == "FAIL" else 0
+
+
 def _explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits", help="digits, mnist or fashion-mnist (default: digits)")
     src = p.add_mutually_exclusive_group()
@@ -277,7 +324,10 @@ def _sampling_args(p: argparse.ArgumentParser, chains: int, samples: int, warmup
     p.add_argument("--dataset", default="digits", help="dataset whose reference models to use (default: digits)")
     p.add_argument("--chains", type=int, default=chains, help=f"number of chains (default: {chains})")
     p.add_argument("--samples", type=int, default=samples, help=f"kept draws per chain (default: {samples})")
-    p.add_argument("--warmup", type=int, default=warmup, help=f"warmup iterations per chain (default: {warmup})")
+    p.add_argument("--warmup", type=int, default=None,
+                   help=f"warmup iterations per chain (default: {warmup}; smc: mutation steps at the posterior after "
+                        "tempering, default 10)")
+    p.set_defaults(default_warmup=warmup)
     p.add_argument("--sigma", type=float, default=0.05, help="likelihood width sigma (default: 0.05)")
     p.add_argument("--kernel", default=kernel, choices=sorted(_kernel_summaries()), metavar="KERNEL",
                    help="sampling kernel: " + "; ".join(f"{k}: {v}" for k, v in _kernel_summaries().items())
@@ -287,7 +337,7 @@ def _sampling_args(p: argparse.ArgumentParser, chains: int, samples: int, warmup
     p.add_argument("--dense-mass", action="store_true", help="nuts, hmc: adapt a dense mass matrix instead of a "
                    "diagonal (hmc and chees already do when latent_dim <= 32)")
     p.add_argument("--max-steps", type=int, default=max_steps,
-                   help=f"hmc, chees: at most this many leapfrog steps per draw (default: {max_steps})")
+                   help=f"hmc, chees, smc: at most this many leapfrog steps per draw (default: {max_steps})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--weights-dir", default=None, help="folder of model weights (default: models/ or the cache)")
     p.add_argument("--data-root", default=None, help="mnist, fashion-mnist: folder of IDX files (default: the "
@@ -335,6 +385,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-dir", default=None, help="output folder (default: models/ or the cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sbc", help="simulation-based calibration of a kernel: are its draws right?",
+                       description="Repeat: draw z from the prior, set the target to the statistics of G(z) plus "
+                                   "N(0, sigma^2) noise, sample that posterior as a user would, rank z among the "
+                                   "draws. An exact sampler gives uniform ranks; writes sbc.png (ECDF of the ranks "
+                                   "with simultaneous bands), sbc.json and sbc.md with the verdict.")
+    _sampling_args(p, chains=16, samples=100, warmup=100, kernel="chees", max_steps=1000)
+    p.add_argument("--statistic", default="ambiguous:3,8",
+                   help="a target form whose statistic is pinned (any value allowed), e.g. ambiguous:3,8 or "
+                        "graded:1,7,0.3 (default: ambiguous:3,8)")
+    p.add_argument("--replicates", type=int, default=100, help="SBC replicates (default: 100)")
+    p.add_argument("--draws", type=int, default=None, help="draws ranked per replicate (default: --chains)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="replicates run in parallel processes (default: min(2, CPU count))")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when the verdict is FAIL")
+    p.set_defaults(func=cmd_sbc)
 
     p = sub.add_parser("xgems", help="xGEMs: walk an input's latent code toward a class until the label switches",
                        description="Invert an input, walk its code toward --target (default: the second most likely "
