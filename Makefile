@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.bayestrex-installed
 
-.PHONY: demo test test-slow bench lint train data studies studies-special studies-blackbox clean
+.PHONY: demo test test-slow bench lint train data studies studies-special studies-blackbox browser screenshot clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,16 @@ bench: $(STAMP)
 	for s in 1 2 3 4; do $(PY) -m analyses.bench_kernels --threads 2 --plate-chains --hmc-chains --chees-chains \
 	  --bare-chains 64 --seed $$s --out analyses/results/bench_nuts_seeds/seed$$s || exit 1; done
 	$(PY) -m analyses.roofline
+
+# Headless Chromium for the report's browser test (Debian's chromium; apt-get as root, else through sudo).
+browser:
+	command -v chromium >/dev/null || { $$(test "$$(id -u)" = 0 || echo sudo) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$(test "$$(id -u)" = 0 || echo sudo) apt-get install -y -qq chromium; }
+	chromium --version
+
+# The README's screenshot of the demo report (after make demo and make browser).
+screenshot: $(STAMP)
+	$(PY) tests/browser.py demo-output/report.html docs/report.png --width 1280 --height 1500
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -103,12 +103,12 @@ def _table(rows: list[dict], columns: list[str], *, cls: str = "", left: tuple =
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _png(fig, dpi: int = 80) -> str:
-    """``fig`` as a data URI (PNG); the figure is closed."""
+def _png(fig, dpi: int = 72) -> str:
+    """``fig`` as a data URI (PNG); the figure is closed. (No ``bbox_inches="tight"``: it draws the figure twice.)"""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
