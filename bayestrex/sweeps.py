@@ -44,7 +44,8 @@ import torch
 
 from .io import atomic_path, markdown_table, write_json
 
-__all__ = ["Run", "Sweep", "sweep", "load_spec", "execute", "generator_for", "AXES", "SETTINGS", "BACKENDS"]
+__all__ = ["Run", "Sweep", "sweep", "load_spec", "to_toml", "execute", "generator_for", "AXES", "SETTINGS",
+           "BACKENDS"]
 
 #: the grid's axes and their defaults (``target`` has none)
 AXES = dict(dataset="digits", generator="vae", classifier="classifier", target=None, kernel="chees", sigma=0.05,
@@ -93,7 +94,7 @@ class Run:
     def id(self) -> str:
         """A file name: the key made safe, and a hash of every setting that changes the draws."""
         fields = dataclasses.asdict(self)
-        for k in ("cpus", "gpus", "weights_dir", "data_root"):  # where and with what it runs, not what it samples
+        for k in ("cpus", "gpus", "threads", "weights_dir", "data_root"):  # where it runs, not what it samples
             fields.pop(k)
         digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
         slug = "".join(c if c.isalnum() or c in ".-" else "_" for c in
@@ -160,6 +161,25 @@ def load_spec(spec) -> tuple[str, list[Run]]:
     if not unique:
         raise ValueError("spec: the grid is empty")
     return name, unique
+
+
+def to_toml(spec: dict) -> str:
+    """A spec dict (strings, numbers, booleans and lists of them) as TOML that :func:`load_spec` reads back."""
+    def value(v):
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        return json.dumps(str(v))  # a TOML basic string is a JSON string
+
+    lines = [f"name = {value(spec['name'])}"] if "name" in spec else []
+    lines += ["", "[settings]"] + [f"{k} = {value(v)}" for k, v in spec.get("settings", {}).items() if v is not None]
+    grids = spec.get("grid", [])
+    for g in [grids] if isinstance(grids, dict) else grids:
+        lines += ["", "[[grid]]"] + [f"{k} = {value(v)}" for k, v in g.items()]
+    return "\n".join(lines) + "\n"
 
 
 def _make_run(axes: dict, settings: dict) -> Run:
