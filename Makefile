@@ -57,10 +57,15 @@ data: $(STAMP)
 	  $$(test "$$(id -u)" = 0 || echo sudo) apt-get install -y -qq dataset-fashion-mnist; }
 
 # The four Bayes-TrEx studies on one dataset (make studies DATASET=fashion-mnist); models train on first use.
+# Their runs are sweeps (analyses/results/studies/<dataset>/runs/): interrupted, `make studies` resumes. WORKERS
+# local processes by default; on a Ray cluster: make studies ADDRESS=HOST:6379 (or ADDRESS=auto on a cluster node).
 DATASET ?= mnist
+WORKERS ?= 2
+ADDRESS ?=
+STUDY_BACKEND = $(if $(ADDRESS),--backend ray --address $(ADDRESS),--backend process --workers $(WORKERS))
 studies: $(STAMP)
 	for s in level_sets adversarial novel_class overconfidence; do \
-	  $(PY) -m analyses.$$s --dataset $(DATASET) --threads 1 --quiet || exit 1; done
+	  $(PY) -m analyses.$$s --dataset $(DATASET) --threads 1 --quiet $(STUDY_BACKEND) || exit 1; done
 
 # xGEMs / CDeepEx studies: third-class intrusion, biased-MNIST confounding, confidence manifolds.
 studies-special: $(STAMP)

@@ -76,8 +76,8 @@ class Study:
     def spec(self, runs) -> dict:
         """The sweep spec of ``runs``, a list of ``(generator, classifier, target)``, with the study's settings."""
         a = self.args
-        settings = dict(dataset=a.dataset, kernel="chees", sigma=a.sigma, seed=a.seed, chains=a.chains,
-                        samples=a.samples, warmup=a.warmup, max_steps=a.max_steps, threads=a.threads)
+        settings = dict(dataset=a.dataset, kernel=getattr(a, "kernel", "chees"), sigma=a.sigma, seed=a.seed,
+                        chains=a.chains, samples=a.samples, warmup=a.warmup, max_steps=a.max_steps, threads=a.threads)
         if a.quick:  # smoke runs: a short polish of the starting points (the default is 200 Adam steps)
             settings["optimize_steps"] = 10
         settings.update({k: str(v) for k, v in (("weights_dir", a.weights_dir), ("data_root", a.data_root)) if v})

@@ -228,12 +228,13 @@ def _kernel(name: str, max_steps: int | None):
         return ChEES(max_steps=max_steps)
     if name == "hmc":
         return BatchedHMC(max_steps=max_steps)
-    raise ValueError(f"max_steps applies to the hmc and chees kernels, not {name!r}")
+    raise ValueError(f"max_steps applies to the hmc and chees kernels, not {name!r}")  # a new kernel's cap: here
 
 
 def execute(run: Run):
     """Sample one run with the zoo's models (each loaded once per process) and return its
     :class:`~bayestrex.Result` (without the generator, so it travels light). Same run, same draws on CPU."""
+    from . import kernels
     from .posterior import Posterior
     from .sampling import sample
 
@@ -245,12 +246,13 @@ def execute(run: Run):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     gen_model, clf = gen_model.to(device), clf.to(device)
     generator = gen_model.generator
+    kernel = _kernel(run.kernel, run.max_steps)
     init = None
-    if run.optimize_steps is not None:
+    if run.optimize_steps is not None and not getattr(kernels.get(kernel), "starts_from_prior", False):
         post = Posterior(generator, clf, run.target, sigma=run.sigma)
         init = post.initial_points(run.chains, seed=run.seed, optimize_steps=run.optimize_steps)
     result = sample(generator, clf, run.target, num_chains=run.chains, num_samples=run.samples, warmup=run.warmup,
-                    sigma=run.sigma, kernel=_kernel(run.kernel, run.max_steps), seed=run.seed, progress=False,
+                    sigma=run.sigma, kernel=kernel, seed=run.seed, progress=False,
                     init=init)
     result.info.update(dataset=run.dataset, generator=run.generator, classifier=run.classifier,
                        generator_sha256=gen_model.meta.get("sha256"), classifier_sha256=clf.meta.get("sha256"),
