@@ -73,7 +73,8 @@ def scaling(args) -> str:
         for workers in (1, 2):
             out = Path(tmp) / f"w{workers}"
             cmd = [sys.executable, "-m", "analyses.level_sets", "--dataset", args.dataset, "--threads", "1",
-                   "--quiet", "--no-report", "--backend", "process", "--workers", str(workers), "--out", str(out)]
+                   "--quiet", "--no-report", "--backend", "process", "--workers", str(workers), "--out", str(out),
+                   "--chains", str(args.chains), "--warmup", str(args.warmup), "--samples", str(args.samples)]
             before, t0 = load(), time.perf_counter()
             subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
             seconds = time.perf_counter() - t0
@@ -87,9 +88,10 @@ def scaling(args) -> str:
         r["speedup"] = round(rows[0]["wall_s"] / r["wall_s"], 2)
     data = dict(how=f"`python -m analyses.sweep_bench scaling --dataset {args.dataset}` on {os.cpu_count()} CPUs, "
                     f"{time.strftime('%Y-%m-%d %H:%M')}: `python -m analyses.level_sets --dataset {args.dataset} "
-                    "--threads 1 --backend process --workers N` into an empty folder, N = 1 then 2 (study defaults: "
-                    "32 chains, 100 warmup + 100 draws, chees capped at 64 leapfrog steps); wall time includes "
-                    "start-up and the study's tables and figures", identical_tables=tables[0] == tables[1], rows=rows)
+                    f"--threads 1 --backend process --workers N --chains {args.chains} --warmup {args.warmup} "
+                    f"--samples {args.samples}` into an empty folder, N = 1 then 2 (chees capped at 64 leapfrog "
+                    "steps); wall time includes start-up and the study's tables and figures",
+                identical_tables=tables[0] == tables[1], rows=rows)
     return _write(Path(args.out), "scaling", data, rows) + f"\nidentical tables: {tables[0] == tables[1]}\n"
 
 
@@ -98,6 +100,9 @@ def main(argv=None) -> str:
     p.add_argument("part", choices=["backends", "scaling"])
     p.add_argument("--workers", type=int, default=2, help="backends: processes / Ray CPUs (default 2)")
     p.add_argument("--dataset", default="digits", help="scaling: the study's dataset (default digits)")
+    p.add_argument("--chains", type=int, default=32, help="scaling: chains per run (the study's default 32)")
+    p.add_argument("--warmup", type=int, default=100, help="scaling: warmup per chain (default 100)")
+    p.add_argument("--samples", type=int, default=100, help="scaling: draws per chain (default 100)")
     p.add_argument("--out", default=str(RESULTS / "sweeps"))
     p.add_argument("--keep", default=None, help="backends: copy the process sweep folder here")
     p.add_argument("--quiet", action="store_true")

@@ -247,8 +247,9 @@ def _run_section(i: int, name: str, result, images, why: str) -> str:
         parts.append(f'<p class="note">{_e(why)}</p>')
     else:
         fig = plots.image_grid(result, images=images)
-        parts.append(_figure(_png(fig, dpi=96), f"draws of {name}", "draws spread over chains and iterations, titled with "
-                             "their two most probable classes; a red title marks a draw outside the tolerance"))
+        parts.append(_figure(_png(fig, dpi=96), f"draws of {name}", "draws spread over chains and iterations, "
+                             "titled with their two most probable classes; a red title marks a draw outside the "
+                             "tolerance"))
     parts.append(_figure(_png(plots.statistic_hist(result)), f"statistics of {name}",
                          "each target statistic over all draws: target (line) and ± tolerance (band)"))
     parts.append(_figure(_png(plots.trace(result)), f"trace of {name}",

@@ -86,21 +86,34 @@ def test_a_second_driver_is_kept_out_of_the_folder(tmp_path):
     assert not (folder / ".lock").exists()
 
 
-def _children(pattern: str) -> list[int]:
-    """Processes of this user whose command line contains ``pattern`` (and are not this process)."""
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _descendants(pattern: str) -> list[int]:
+    """Processes started (directly or not) by this one whose command line contains ``pattern``."""
     out = []
     for p in Path("/proc").iterdir():
         if p.name.isdigit() and int(p.name) != os.getpid():
             try:
-                if pattern in (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    out.append(int(p.name))
-            except OSError:
+                if pattern not in (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    continue
+                up = int(p.name)
+                for _ in range(5):  # Ray: driver -> raylet -> worker
+                    up = _parent(up)
+                    if up == os.getpid():
+                        out.append(int(p.name))
+                        break
+                    if up <= 1:
+                        break
+            except (OSError, ValueError, IndexError):
                 pass
     return out
 
 
-def _kill_one_when(folder: Path, pattern: str, killed: list, ppid: int | None = None):
-    """In a thread: once the sweep has finished one run (workers are warm), SIGKILL one worker that is running."""
+def _kill_one_when(folder: Path, pattern: str, killed: list):
+    """In a thread: once the sweep has finished one run (workers are warm), SIGKILL one of this test's workers that
+    is running a task."""
     def go():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -108,8 +121,7 @@ def _kill_one_when(folder: Path, pattern: str, killed: list, ppid: int | None = 
                 done = sum(r["status"] == "done" for r in json.loads((folder / "index.json").read_text())["runs"])
             except (OSError, ValueError, KeyError):
                 done = 0
-            pids = [p for p in _children(pattern)
-                    if ppid is None or int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1]) == ppid]
+            pids = _descendants(pattern)
             if done >= 1 and pids:
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])
@@ -128,7 +140,7 @@ SPEC4 = _spec(["high:0", "high:1"], seeds=[0, 1], samples=20, warmup=20)
 def test_local_processes_give_the_serial_table_and_a_killed_worker_loses_only_its_run(tmp_path):
     serial = sweep(SPEC6, tmp_path / "serial", backend="serial", progress=False).table()
     killed: list = []
-    t = _kill_one_when(tmp_path / "pool", "spawn_main", killed, ppid=os.getpid())
+    t = _kill_one_when(tmp_path / "pool", "spawn_main", killed)
     first = sweep(SPEC6, tmp_path / "pool", backend="process", workers=2, progress=False)
     t.join(timeout=5)
     status = [r["status"] for r in first.rows()]
