@@ -121,6 +121,8 @@ def _kill_one_when(folder: Path, pattern: str, killed: list):
                 done = sum(r["status"] == "done" for r in json.loads((folder / "index.json").read_text())["runs"])
             except (OSError, ValueError, KeyError):
                 done = 0
+            if done >= 1:
+                time.sleep(1.0)  # the worker that just finished has its next run by now (runs take seconds)
             pids = _descendants(pattern)
             if done >= 1 and pids:
                 os.kill(pids[0], signal.SIGKILL)

@@ -127,9 +127,15 @@ def _run_pool(runs, workers: int):
         while todo or busy:
             while idle and todo:
                 conn, proc = idle.pop()
-                run = todo.pop(0)
-                conn.send(run)
-                busy[conn] = (proc, run, time.perf_counter())
+                try:
+                    if not proc.is_alive():
+                        raise BrokenPipeError
+                    conn.send(todo[0])
+                except (BrokenPipeError, OSError):  # it died while idle: nothing lost, start another
+                    conn.close()
+                    idle.append(start())
+                    continue
+                busy[conn] = (proc, todo.pop(0), time.perf_counter())
             wait(list(busy) + [p.sentinel for p, _, _ in busy.values()])
             for conn in list(busy):
                 proc, run, t0 = busy[conn]
