@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
     rows, montage_rows, titles = [], [], []
     targets = [nets_target(c) for c in classes]
     for c, target in zip(classes, targets):
-        result, images = study.sample(vae, vague, target)
+        result, images = study.sample_models(vae, vague, target)
         row = study.row(result)
         with torch.no_grad():
             judged = predict(ordinary, images.reshape(-1, *images.shape[2:])).argmax(-1).reshape(result.z.shape[:2])

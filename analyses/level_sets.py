@@ -71,6 +71,7 @@ def main(argv=None) -> dict:
               "ambiguous (most confused pairs)": [f"ambiguous:{p},{q}" for p, q, _ in pairs],
               f"graded {a}/{b}": [f"graded:{a},{b},{al:g}" for al in alphas]}
 
+    study.prefetch([(args.generator, "classifier", t) for targets in groups.values() for t in targets])
     tables, graded = {}, []
     for group, targets in groups.items():
         rows, montage_rows, titles = [], [], []

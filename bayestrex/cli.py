@@ -1,5 +1,5 @@
-"""The ``bayestrex`` command: ``demo``, ``sample``, ``diagnose``, ``train``, ``sbc``, ``xgems``, ``cdeepex``. Thin: it
-calls the library."""
+"""The ``bayestrex`` command: ``demo``, ``sample``, ``diagnose``, ``train``, ``sbc``, ``xgems``, ``cdeepex``,
+``sweep``, ``report``. Thin: it calls the library."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ def _sample_and_report(target, vae, clf, out: Path, args, prefix: str) -> dict:
     result = bt.sample(vae.decoder, clf, target, num_chains=args.chains, num_samples=args.samples,
                        warmup=_warmup(args), sigma=args.sigma, kernel=_kernel(args), seed=args.seed,
                        progress=not args.quiet)
+    result.info.update(dataset=args.dataset, generator="vae", classifier="classifier")  # for `bayestrex report`
     bt.plots.image_grid(result, path=out / f"{prefix}images.png")
     bt.plots.statistic_hist(result, path=out / f"{prefix}statistics.png")
     bt.plots.trace(result, path=out / f"{prefix}trace.png")
@@ -102,7 +103,12 @@ def cmd_demo(args) -> int:
     out = Path(args.out)
     md = _write_table(rows, out, "summary")
     print(md)
-    print(f"\nwrote figures, results and summary.md to {out}/ in {time.perf_counter() - t0:.1f} s")
+    import bayestrex as bt
+
+    vae, _ = _setup(args)
+    results = [bt.load(out / f"{t.replace(':', '_').replace(',', '_')}-result.nc") for t in args.targets]
+    bt.report.write(results, out / "report.html", generators=vae.decoder, title=f"bayestrex demo: {args.dataset}")
+    print(f"\nwrote figures, results, summary.md and report.html to {out}/ in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -298,6 +304,61 @@ def cmd_sbc(args) -> int:
     return 1 if args.strict and summary["verdict"] == "FAIL" else 0
 
 
+def cmd_sweep(args) -> int:
+    import bayestrex as bt
+
+    sw = bt.sweep(args.spec, args.out, backend=args.backend, workers=args.workers, address=args.address,
+                  retry_failed=args.retry_failed, progress=not args.quiet)
+    print(sw.write_table())
+    rows = sw.rows()
+    done = sum(r["status"] == "done" for r in rows)
+    print(f"\n{done} of {len(rows)} runs done ({len(sw.executed)} run now); index, table.md and runs/ in {sw.folder}/")
+    if args.report:
+        print(f"wrote {sw.report(weights_dir=args.weights_dir)}")
+    if done < len(rows):
+        print("some runs failed or were lost (index.md says why): rerun to redo lost runs, add --retry-failed to "
+              "redo failed ones", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _report_inputs(paths: list[str]):
+    """``(name, result, extra columns)`` for each RUN: a result file, a sweep folder, or a folder of result files."""
+    import bayestrex as bt
+
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir() and (p / "index.json").is_file():
+            sw = bt.sweeps.Sweep.open(p)
+            out += [(row["key"], r, {}) for row, r in sw.results()]
+        elif p.is_dir():
+            files = sorted(p.glob("*result.nc"))
+            if not files:
+                raise FileNotFoundError(f"{p} holds no result files (*result.nc) and is not a sweep folder")
+            out += [(f"{bt.load(f).target_spec} ({f.name})", bt.load(f), {}) for f in files]
+        else:
+            out.append((f"{bt.load(p).target_spec} ({p.name})", bt.load(p), {}))
+    if not out:
+        raise ValueError("no finished runs to report")
+    return out
+
+
+def cmd_report(args) -> int:
+    import bayestrex as bt
+
+    items = _report_inputs(args.runs)
+    gens = [bt.sweeps.generator_for(r, dataset=args.dataset, name=args.generator, weights_dir=args.weights_dir)
+            for _, r, _ in items]
+    if any(g is None for g in gens):
+        print(f"note: {sum(g is None for g in gens)} of {len(gens)} runs have no generator to decode their draws "
+              "(pass --dataset and --generator, or train the model); the report shows them without images",
+              file=sys.stderr)
+    path = bt.report.write([r for _, r, _ in items], args.out, generators=gens, names=[n for n, _, _ in items],
+                           title=args.title)
+    print(f"wrote {path} ({len(items)} runs)")
+    return 0
+
+
 def _explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits", help="digits, mnist or fashion-mnist (default: digits)")
     src = p.add_mutually_exclusive_group()
@@ -426,6 +487,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outer", type=int, default=100, help="outer (multiplier) iterations (default: 100)")
     p.add_argument("--inner", type=int, default=30, help="gradient steps per outer iteration (default: 30)")
     p.set_defaults(func=cmd_cdeepex)
+
+    p = sub.add_parser("sweep", help="run a grid of runs from a TOML spec into a sweep folder (resumable)",
+                       description="Run every (dataset, generator, classifier, target, kernel, sigma, seed) run of "
+                                   "SPEC.toml that is not done yet; each result is a netCDF file under OUT/runs/, "
+                                   "OUT/index.md lists status and diagnostics. Rerunning skips finished runs.")
+    p.add_argument("spec", help="a sweep spec (TOML; see bayestrex.sweeps)")
+    p.add_argument("--out", default=None, help="sweep folder (default: sweeps/<spec name>)")
+    p.add_argument("--backend", choices=["process", "ray", "serial"], default="process",
+                   help="process: local worker processes (default); ray: a Ray task per run; serial: this process")
+    p.add_argument("--workers", type=int, default=None,
+                   help="process: worker processes (default: CPU count); ray: CPUs of a local instance")
+    p.add_argument("--address", default=None, help="ray: address of a running cluster (e.g. auto, HOST:6379 or "
+                   "ray://HOST:10001); default: start a local instance")
+    p.add_argument("--retry-failed", action="store_true", help="rerun runs that raised an error")
+    p.add_argument("--report", action="store_true", help="also write OUT/report.html")
+    p.add_argument("--weights-dir", default=None, help="folder of model weights for the report's images")
+    p.add_argument("--quiet", action="store_true", help="no line per finished run")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="one self-contained HTML report of result files or sweep folders",
+                       description="Write one HTML file (images inlined) with, per run, the settings, draws, "
+                                   "statistic histograms, trace and rank plots and diagnostics; with several runs, "
+                                   "a sortable index table first.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="a result .nc file, a sweep folder, or a folder of "
+                   "*result.nc files (as demo writes)")
+    p.add_argument("--out", required=True, help="the HTML file to write")
+    p.add_argument("--dataset", default=None, help="dataset of the generator (default: as recorded in the run)")
+    p.add_argument("--generator", default=None, help="zoo generator to decode draws, e.g. vae or gan (default: as "
+                   "recorded in the run; without one the report has no images)")
+    p.add_argument("--weights-dir", default=None, help="folder of model weights (default: models/ or the cache)")
+    p.add_argument("--title", default=None, help="page title")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
