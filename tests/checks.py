@@ -55,3 +55,16 @@ def check_gaussian(z: torch.Tensor, mean, cov, *, min_ess: float, max_rhat: floa
     second = float(w.square().mean())
     tol = 4 * math.sqrt(2 / (d * min_ess))
     assert abs(second - 1) <= tol, f"whitened E[w²] = {second:.4f}, not 1 ± {tol:.4f}"
+
+
+def check_runs(x: torch.Tensor, runs: torch.Tensor, mean, var, *, min_ess_per_run: float) -> None:
+    """Particles ``x [N, k]`` of independent runs (``runs [N]`` labels, e.g. SMC's) of quantities with known mean and
+    variance ``[k]``: each run's mean within ``4 sqrt(var / min_ess_per_run)`` of the truth (every run must be worth
+    ``min_ess_per_run`` independent draws), and the mean over runs within ``4 sqrt(var / (R · min_ess_per_run))``."""
+    mean, var = torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(var, dtype=torch.float64)
+    labels = runs.unique()
+    per_run = torch.stack([x[runs == r].double().mean(0) for r in labels])  # [R, k]
+    tol = 4 * (var / min_ess_per_run).sqrt()
+    assert ((per_run - mean).abs() <= tol).all(), f"run means {per_run.tolist()} vs truth {mean.tolist()} (tol {tol})"
+    grand, tol_all = per_run.mean(0), tol / math.sqrt(len(labels))
+    assert ((grand - mean).abs() <= tol_all).all(), f"mean {grand.tolist()} vs truth {mean.tolist()} (tol {tol_all})"

@@ -69,7 +69,7 @@ def test_initial_points_are_distinct_and_near_the_target():
 
 
 # -- bad input: one clear error naming the argument --------------------------------------------------------------
-@pytest.mark.parametrize("sigma", [0, -0.1, float("nan"), float("inf")])
+@pytest.mark.parametrize("sigma", [-0.1, float("nan"), float("inf")])  # 0 is the level set (constrained kernel)
 def test_sigma_must_be_positive(sigma):
     with pytest.raises(ValueError, match="sigma must be a positive finite number"):
         Posterior(Linear2(), classifier, "high:0", sigma=sigma)

@@ -182,7 +182,8 @@ def test_a_stuck_chain_is_reported_by_index_and_kept(result):
         (dict(warmup=-1), "warmup must be an integer >= 0"),
         (dict(kernel="metropolis"), "unknown kernel 'metropolis'"),
         (dict(init=torch.zeros(3, 2)), r"init must have shape \[num_chains, latent_dim\] = \[4, 2\]"),
-        (dict(sigma=0.0), "sigma must be a positive finite number"),
+        (dict(sigma=-1.0), "sigma must be a positive finite number"),
+        (dict(sigma=0.0), "sigma=0 is the level set itself.*use kernel='constrained'"),
         (dict(target="high:2"), "class index 2 is out of range for a classifier with 2 classes"),
     ],
 )

@@ -111,9 +111,9 @@ def _descendants(pattern: str) -> list[int]:
     return out
 
 
-def _kill_one_when(folder: Path, pattern: str, killed: list):
-    """In a thread: once the sweep has finished one run (workers are warm), SIGKILL one of this test's workers that
-    is running a task."""
+def _kill_one_when(folder: Path, pattern: str, killed: list, after_done: int = 1):
+    """In a thread: once the sweep has finished ``after_done`` runs (workers are warm), SIGKILL one of this test's
+    workers that is running a task (``pattern`` in its command line)."""
     def go():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -121,14 +121,14 @@ def _kill_one_when(folder: Path, pattern: str, killed: list):
                 done = sum(r["status"] == "done" for r in json.loads((folder / "index.json").read_text())["runs"])
             except (OSError, ValueError, KeyError):
                 done = 0
-            if done >= 1:
+            if after_done and done >= after_done:
                 time.sleep(1.0)  # the worker that just finished has its next run by now (runs take seconds)
             pids = _descendants(pattern)
-            if done >= 1 and pids:
+            if done >= after_done and pids:
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])
                 return
-            time.sleep(0.05)
+            time.sleep(0.02)
     t = threading.Thread(target=go, daemon=True)
     t.start()
     return t
@@ -165,7 +165,9 @@ def local_ray():
 def test_ray_gives_the_same_table_and_a_killed_worker_loses_only_its_run(tmp_path, local_ray):
     serial = sweep(SPEC4, tmp_path / "serial", backend="serial", progress=False).table()
     killed: list = []
-    t = _kill_one_when(tmp_path / "ray", "ray::bayestrex:", killed)  # a worker's title while it runs our task
+    # a Ray worker carries the title "ray::bayestrex:..." only while it runs our task: kill the first one seen (runs
+    # take about a second each, so waiting for one to finish first can miss them all on a fast machine)
+    t = _kill_one_when(tmp_path / "ray", "ray::bayestrex:", killed, after_done=0)
     first = sweep(SPEC4, tmp_path / "ray", backend="ray", progress=False)
     t.join(timeout=5)
     status = [r["status"] for r in first.rows()]

@@ -155,10 +155,42 @@ def acceptance(h0: torch.Tensor, h1: torch.Tensor, ok: torch.Tensor) -> torch.Te
     return log_acc.exp().nan_to_num(nan=0.0)
 
 
+def _pull_onto(system: _Lifted, q: torch.Tensor, iterations: int = 4 * MAX_NEWTON) -> torch.Tensor:
+    """Starting points ``q [C, D]`` moved onto the level set by damped Gauss-Newton: minimum-norm steps, halved per
+    chain (up to 2⁻⁸) until the constraint's max norm decreases. Full steps overshoot where the level set is curved
+    (the digits' ambiguous set: they oscillate around it), so only the initial placement uses this; the dynamics keep
+    the plain Newton projection, whose failures are rejections."""
+    c, dc = system.jacobian(q)
+    for _ in range(iterations):
+        norm = c.abs().amax(-1)
+        todo = norm >= system.tol_c
+        if not bool(todo.any()):
+            break
+        step = (dc.mT @ _gram_solve(dc, c).unsqueeze(-1)).squeeze(-1)
+        t = torch.ones(len(q), dtype=q.dtype, device=q.device)
+        for _ in range(9):
+            trial = q - t[:, None] * step
+            c_t, dc_t = system.jacobian(trial)
+            better = todo & torch.isfinite(c_t).all(-1) & (c_t.abs().amax(-1) < norm)
+            q, c, dc = (torch.where(better[:, None], trial, q), torch.where(better[:, None], c_t, c),
+                        torch.where(better[:, None, None], dc_t, dc))
+            todo = todo & ~better
+            if not bool(todo.any()):
+                break
+            t = t / 2
+    return q
+
+
 def _gram_solve(dc: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``(Dc Dcᵀ)⁻¹ v`` for ``v [C, m]``."""
-    G = dc @ dc.mT
-    return torch.linalg.solve(G, v.unsqueeze(-1)).squeeze(-1)
+    return _solve(dc @ dc.mT, v.unsqueeze(-1)).squeeze(-1)
+
+
+def _solve(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``A⁻¹ B`` batched over chains; NaN for a chain whose ``A`` is singular (its step then fails and is rejected,
+    instead of one chain's singular Gram matrix stopping the run)."""
+    X, info = torch.linalg.solve_ex(A, B)
+    return torch.where((info != 0).reshape(-1, *[1] * (X.dim() - 1)), torch.full_like(X, math.nan), X)
 
 
 def _tangent(dc: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -179,7 +211,7 @@ def _retract(system: _Lifted, q, p, eps, dc, active):
     for _ in range(MAX_NEWTON):
         c, dcn = system.jacobian(qn)
         iterations += (~done).long().cpu()
-        lam = torch.linalg.solve(dcn @ dc.mT, c.unsqueeze(-1))
+        lam = _solve(dcn @ dc.mT, c.unsqueeze(-1))
         step = (dc.mT @ lam).squeeze(-1)
         finite = torch.isfinite(c).all(-1) & torch.isfinite(step).all(-1)
         conv = finite & (c.abs().amax(-1) < system.tol_c)
@@ -228,18 +260,16 @@ class Constrained:
         if system.sigma > 0:  # y = -(u(z) - u*) / sigma puts every chain on the manifold exactly
             r, _ = density.residual(z0)
             q = torch.cat([x, -r.detach().double() / system.sigma], -1)
-        else:  # pull the starting points onto the level set: Gauss-Newton, minimum-norm steps
-            q = x
-            for _ in range(MAX_NEWTON):
-                _, _, dc, c, _, _ = system.evaluate(q)
-                if bool((c.abs().amax(-1) < system.tol_c).all()):
-                    break
-                q = q - (dc.mT @ _gram_solve(dc, c).unsqueeze(-1)).squeeze(-1)
+        else:
+            q = _pull_onto(system, x)
         U, grad, dc, c, aux, _ = system.evaluate(q)
         bad = ~torch.isfinite(U) | (c.abs().amax(-1) > 1e-4)
         if bad.any():
             raise ValueError(f"init: chains {torch.nonzero(bad).flatten().tolist()} could not be placed on the level "
-                             "set (non-finite density or no projection); start them nearer the target")
+                             "set (non-finite density or no projection): at sigma=0 the target value must be "
+                             "attained, and the built-in targets pin probabilities of 0 or 1 that the softmax only "
+                             "approaches (their level sets are empty; use a sigma > 0, or a Custom statistic with an "
+                             "attained value)")
         return ConstrainedState(q, system.z_of(q[:, : system.d]), U, grad, dc, aux)
 
     def step(self, density, state: ConstrainedState, params: dict, rng) -> tuple[ConstrainedState, ConstrainedInfo]:
