@@ -6,9 +6,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .architectures import CNN, GAN, MLP, VAE
+from .architectures import CNN, GAN, MLP, VAE, DiscreteVAE, Explainer
 
-__all__ = ["train_vae", "train_classifier", "train_gan", "accuracy", "batches"]
+__all__ = ["train_vae", "train_classifier", "train_gan", "train_discrete_vae", "train_explainer",
+           "discrete_vae_figures", "accuracy", "batches"]
 
 
 def batches(n: int, batch_size: int, g: torch.Generator):
@@ -94,6 +95,90 @@ def train_gan(images: torch.Tensor, *, latent_dim=5, hidden=256, epochs=30, batc
             opt_g.step()
         bar.set_postfix(loss_d=f"{loss_d.item():.3f}", loss_g=f"{loss_g.item():.3f}")
     return gan.eval()
+
+
+def train_discrete_vae(activations: torch.Tensor, *, head=None, num_latents=16, num_values=8, hidden=256, depth=1,
+                       epochs=30, batch_size=256, lr=2e-3, tau=(1.0, 0.5), kl_weight=0.01, consistency=1.0, seed=0,
+                       progress=True) -> DiscreteVAE:
+    """Fit a :class:`DiscreteVAE` to hidden activations ``[N, ...]`` with straight-through Gumbel-softmax (one-hot
+    codes in the forward pass, relaxed gradients; the temperature anneals geometrically from ``tau[0]`` to
+    ``tau[1]``) and Adam; seeded.
+
+    Loss per example: the squared reconstruction error relative to the activations' variance (``1 - R²``), plus
+    ``kl_weight`` times the mean KL divergence of each latent's posterior from the uniform prior, plus, when the
+    classifier's ``head`` h is given, ``consistency`` times ``KL(softmax h(a) || softmax h(â))`` so that h
+    predicts the same on reconstructions as on the activations. The decoder ends in a ReLU when every activation is
+    non-negative."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    a_all = activations.detach()
+    dvae = DiscreteVAE(tuple(a_all.shape[1:]), num_latents, num_values, hidden, depth,
+                       nonnegative=bool((a_all >= 0).all()))
+    scale = a_all.var().clamp_min(1e-12)
+    opt = torch.optim.Adam(dvae.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    log_m = torch.log(torch.tensor(float(num_values)))
+    bar = tqdm(range(epochs), desc="train discrete VAE", disable=not progress, leave=False)
+    for epoch in bar:
+        t = tau[0] * (tau[1] / tau[0]) ** (epoch / max(epochs - 1, 1))
+        total = 0.0
+        for idx in batches(len(a_all), batch_size, g):
+            a = a_all[idx]
+            recon, logits = dvae(a, tau=t, hard=True)
+            loss = (recon - a).square().flatten(1).mean(1).mean() / scale
+            q = logits.log_softmax(-1)
+            loss = loss + kl_weight * (q.exp() * (q + log_m)).sum(-1).mean()
+            if head is not None and consistency:
+                p = head(a).log_softmax(-1)
+                loss = loss + consistency * nn.functional.kl_div(head(recon).log_softmax(-1), p, log_target=True,
+                                                                 reduction="batchmean")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        sched.step()
+        bar.set_postfix(loss=f"{total / len(a_all):.4f}", tau=f"{t:.2f}")
+    return dvae.eval()
+
+
+def train_explainer(activations: torch.Tensor, images: torch.Tensor, *, hidden=256, depth=2, epochs=20,
+                    batch_size=128, lr=2e-3, seed=0, progress=True) -> Explainer:
+    """Fit the explanatory decoder on pairs (``activations [N, ...]`` = g(x), ``images [N, ...]`` = x) by binary
+    cross-entropy with Adam; seeded."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    model = Explainer(tuple(activations.shape[1:]), tuple(images.shape[1:]), hidden, depth)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    bar = tqdm(range(epochs), desc="train explainer", disable=not progress, leave=False)
+    for _ in bar:
+        total = 0.0
+        for idx in batches(len(images), batch_size, g):
+            x = images[idx]
+            loss = nn.functional.binary_cross_entropy(model(activations[idx]), x, reduction="sum") / len(idx)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        sched.step()
+        bar.set_postfix(bce=f"{total / len(images):.2f}")
+    return model.eval()
+
+
+@torch.no_grad()
+def discrete_vae_figures(dvae: DiscreteVAE, head, activations: torch.Tensor, labels: torch.Tensor,
+                         batch_size: int = 4096) -> dict:
+    """How well ``dvae`` keeps what the classifier's ``head`` h reads, on held-out ``activations [N, ...]`` with
+    ``labels [N]``: the relative reconstruction error ``relative_mse`` (squared error over the activations'
+    variance, ``1 - R²``), the accuracy of h on the activations (= the classifier's) and on their reconstructions
+    ``h(dec(enc(a)))``, and how often the two predictions agree."""
+    recon = torch.cat([dvae.decode(dvae.encode(a)) for a in activations.split(batch_size)])
+    pred = torch.cat([head(a).argmax(-1) for a in activations.split(batch_size)])
+    pred_recon = torch.cat([head(r).argmax(-1) for r in recon.split(batch_size)])
+    mse = (recon - activations).square().mean() / activations.var().clamp_min(1e-12)
+    return dict(relative_mse=round(float(mse), 4), accuracy=round(float((pred == labels).float().mean()), 4),
+                accuracy_on_reconstruction=round(float((pred_recon == labels).float().mean()), 4),
+                agreement=round(float((pred_recon == pred).float().mean()), 4))
 
 
 @torch.no_grad()
