@@ -94,12 +94,15 @@ class Study:
         return {k: o[k] for k in ("target", "attainment", "max_r_hat", "min_ess_bulk", "min_ess_tail", "divergences",
                                   "failed_chains", "stuck_chains", "seconds")}
 
-    def write(self, tables: dict[str, list[dict]], extra: dict | None = None) -> str:
-        """Write ``<name>.md`` (one section per table) and ``<name>.json`` atomically; return the markdown."""
+    def write(self, tables: dict[str, list[dict]], extra: dict | None = None, settings: dict | None = None) -> str:
+        """Write ``<name>.md`` (one section per table) and ``<name>.json`` atomically; return the markdown.
+        ``settings`` override or add to the recorded settings (a value of None drops one, e.g. ``max_steps`` for a
+        study that does not use ChEES)."""
         a = self.args
-        settings = dict(dataset=a.dataset, kernel="chees", chains=a.chains, warmup=a.warmup, samples=a.samples,
-                        sigma=a.sigma, max_steps=a.max_steps, seed=a.seed, quick=a.quick,
-                        seconds=round(time.perf_counter() - self.t0, 1))
+        settings = {k: v for k, v in dict(dict(dataset=a.dataset, kernel="chees", chains=a.chains, warmup=a.warmup,
+                                                samples=a.samples, sigma=a.sigma, max_steps=a.max_steps, seed=a.seed,
+                                                quick=a.quick), **(settings or {})).items() if v is not None}
+        settings["seconds"] = round(time.perf_counter() - self.t0, 1)
         parts = [f"# {self.name} — {a.dataset}", "", "Settings: " + ", ".join(f"{k} {v}" for k, v in settings.items())]
         for title, rows in tables.items():
             parts += ["", f"## {title}", "", markdown_table(rows) if rows else "(none)"]
