@@ -150,6 +150,17 @@ def predict(classifier, images: torch.Tensor, batch_size: int = 4096) -> torch.T
     return torch.cat([classifier(x).softmax(-1) for x in images.split(batch_size)])
 
 
+def intervention_examples(study: Study, shown: list, title: str) -> None:
+    """The study's ``examples`` figure of interventions: ``shown`` rows ``(label, x, from_g, from_codes, from_new,
+    minimal)`` (see ``bayestrex.intervention.pictures``), each labelled with its changed latents and top class."""
+    from bayestrex.intervention import describe
+
+    if shown:
+        bt.plots.intervention(*(torch.stack([row[j] for row in shown]) for j in range(1, 5)),
+                              labels=[f"{row[0]}\n{describe(row[5], study.class_names)}" for row in shown],
+                              path=study.figure("examples"), title=title)
+
+
 def cached_model(path: Path, train):
     """The model saved at ``path``; when missing, ``train() -> (model, info)`` makes it and it is saved with ``info``
     and its training time. Loaded safely (``weights_only``), frozen."""

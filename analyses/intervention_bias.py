@@ -24,7 +24,7 @@ import sys
 import torch
 
 import bayestrex as bt
-from analyses._studies import Study, cached_model, parser
+from analyses._studies import Study, cached_model, intervention_examples, parser
 from analyses.bias import BIASED_CLASS, add_square, classifiers, has_square
 from bayestrex import intervention as iv
 from bayestrex import nets
@@ -105,7 +105,6 @@ def main(argv=None) -> dict:
     sources = sorted(set(args.sources))
     inputs = torch.cat([torch.nonzero(yt == c).flatten()[: args.per_class] for c in sources])
     pairs = xt[: args.pairs]
-    names = bt.data.CLASS_NAMES[args.dataset]
 
     model_rows, run_rows, by_class, heat, records, shown = [], [], {c: {"class": c} for c in sources}, {}, [], []
     for name, clf in (("biased", biased), ("unbiased", unbiased)):
@@ -126,7 +125,7 @@ def main(argv=None) -> dict:
         recs, pics = intervene_all(study, name, models, xt, yt, inputs)
         records += recs
         step = max(1, len(pics) // args.examples)
-        shown += [(name, *pic) for pic in pics[::step][: args.examples]]
+        shown += [(f"{name} classifier", *pic) for pic in pics[::step][: args.examples]]
         added = [r["square_added"] for r in recs if "square_added" in r]
         post = [r["posterior_square_added"] for r in recs if "posterior_square_added" in r]
         run_rows.append(dict(classifier=name, **iv.summary([r["diagnostics"] for r in recs],
@@ -143,13 +142,8 @@ def main(argv=None) -> dict:
         bt.plots.concepts(heat[name], row_labels=[f"{c} -> 8" for c in sources], path=study.figure(f"latents-{name}"),
                           title=f"{name} classifier: share of the posterior draws reaching 8 that change each latent "
                                 f"(square latent: k{order[0]})")
-    if shown:
-        bt.plots.intervention(torch.stack([s_[1] for s_ in shown]), *(torch.stack([s_[j] for s_ in shown])
-                                                                      for j in (2, 3, 4)),
-                              labels=[f"{s_[0]} classifier\n{iv.describe(s_[5], names)}" for s_ in shown],
-                              path=study.figure("examples"),
-                              title="minimal interventions toward 8: input; explainer images of g(x), dec(c), dec(c'); "
-                                    "the change (red: added ink)")
+    intervention_examples(study, shown, "minimal interventions toward 8: input; explainer images of g(x), dec(c), "
+                                        "dec(c'); the change (red: added ink)")
     md = study.write({"classifiers and their hidden-layer models (test set)": model_rows,
                       "interventions toward 8: how often the visualised change adds the square": run_rows,
                       "minimal interventions that add the square, per source class (added / reached 8)":

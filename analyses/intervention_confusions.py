@@ -19,7 +19,7 @@ import sys
 import torch
 
 import bayestrex as bt
-from analyses._studies import Study, parser, predict
+from analyses._studies import Study, intervention_examples, parser, predict
 from analyses.level_sets import confused_pairs
 from bayestrex import intervention as iv
 from bayestrex import nets
@@ -79,13 +79,8 @@ def main(argv=None) -> dict:
     bt.plots.concepts(heat, row_labels=labels, path=study.figure("latents"),
                       title="share of the posterior draws reaching the target class that change each latent "
                             f"(mean over inputs; prior: {args.flip_prob})")
-    if shown:
-        bt.plots.intervention(torch.stack([s[1] for s in shown]), *(torch.stack([s[j] for s in shown])
-                                                                    for j in (2, 3, 4)),
-                              labels=[f"{s[0]}\n{iv.describe(s[5], names)}" for s in shown],
-                              path=study.figure("examples"),
-                              title="minimal interventions between confused classes: input; explainer images of "
-                                    "g(x), dec(c), dec(c'); the change (red: added ink)")
+    intervention_examples(study, shown, "minimal interventions between confused classes: input; explainer images of "
+                                        "g(x), dec(c), dec(c'); the change (red: added ink)")
     md = study.write({"classifier and its hidden-layer models (test set)": [model_row],
                       "interventions between the most confused classes": rows},
                      extra=dict(pairs=pairs, records=records, latent_change_frequency=dict(zip(labels, heat))),

@@ -141,6 +141,16 @@ def _gray(img: torch.Tensor) -> np.ndarray:
     return (img[0] if img.dim() == 3 else img).clamp(0, 1).numpy()
 
 
+def _image_row(axes, images, titles=None, fontsize: int = 8) -> None:
+    """Gray or RGB arrays ``images`` in a row of ``axes`` without ticks, titled with ``titles`` when given."""
+    for j, (ax, img) in enumerate(zip(axes, images)):
+        ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if titles is not None:
+            ax.set_title(titles[j], fontsize=fontsize)
+
+
 def contrastive(x, boundary, explanation, *, labels=None, path=None, title: str | None = None):
     """CDeepEx's figure, one row per input: the input, the boundary point, and the explanation
     ``G(z0) - G(z_e)`` drawn over the faded input in red (ink the input has and the boundary point lacks) and blue
@@ -149,13 +159,8 @@ def contrastive(x, boundary, explanation, *, labels=None, path=None, title: str 
     fig, axes = plt.subplots(n, 3, figsize=(4.2, 1.45 * n), squeeze=False)
     scale = float(explanation.abs().max().clamp_min(1e-6))
     for i in range(n):
-        rgb = _red_blue(x[i], explanation[i], scale)
-        for ax, img, name in zip(axes[i], (_gray(x[i]), _gray(boundary[i]), rgb), ("input", "boundary", "why not")):
-            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(name, fontsize=8)
+        _image_row(axes[i], (_gray(x[i]), _gray(boundary[i]), _red_blue(x[i], explanation[i], scale)),
+                   ("input", "boundary", "why not") if i == 0 else None, fontsize=8)
         if labels is not None:
             axes[i, 0].set_ylabel(labels[i], rotation=0, ha="right", va="center", fontsize=7)
     if title:
@@ -216,14 +221,9 @@ def intervention(x, from_g, from_codes, from_new, *, labels=None, path=None, tit
     scale = float((from_new - from_codes).abs().max().clamp_min(1e-6))
     names = ("input x", "expl. g(x)", "expl. dec(c)", "expl. dec(c')", "dec(c') - dec(c)")
     for i in range(n):
-        images = (_gray(x[i]), _gray(from_g[i]), _gray(from_codes[i]), _gray(from_new[i]),
-                  _red_blue(from_codes[i], from_new[i] - from_codes[i], scale))
-        for ax, img, name in zip(axes[i], images, names):
-            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(name, fontsize=7)
+        _image_row(axes[i], (_gray(x[i]), _gray(from_g[i]), _gray(from_codes[i]), _gray(from_new[i]),
+                             _red_blue(from_codes[i], from_new[i] - from_codes[i], scale)),
+                   names if i == 0 else None, fontsize=7)
         if labels is not None:
             axes[i, 4].text(1.08, 0.5, labels[i], transform=axes[i, 4].transAxes, fontsize=6.5, va="center")
     if title:

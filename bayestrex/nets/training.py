@@ -17,30 +17,42 @@ def batches(n: int, batch_size: int, g: torch.Generator):
     return perm.split(batch_size)
 
 
-def train_vae(images: torch.Tensor, *, latent_dim=5, hidden=256, depth=2, epochs=300, batch_size=128, lr=2e-3,
-              seed=0, progress=True) -> VAE:
-    """Fit a VAE (Bernoulli pixels, N(0, I) prior) by maximising the ELBO with Adam; seeded."""
+def _fit(make, n: int, loss_of, *, epochs: int, batch_size: int, lr: float, seed: int, desc: str, progress: bool):
+    """Seeded Adam with a cosine learning-rate schedule over ``epochs`` passes of shuffled batches of ``n`` examples:
+    ``make()`` builds the model (after seeding), ``loss_of(model, idx, epoch)`` is the mean loss of batch ``idx``.
+    Returns the model in eval mode."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    vae = VAE(tuple(images.shape[1:]), latent_dim, hidden, depth)
-    opt = torch.optim.Adam(vae.parameters(), lr=lr)
+    model = make()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    bar = tqdm(range(epochs), desc="train VAE", disable=not progress, leave=False)
-    for _ in bar:
+    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    for epoch in bar:
         total = 0.0
-        for idx in batches(len(images), batch_size, g):
-            x = images[idx]
-            recon, mu, logvar = vae(x)
-            rec = nn.functional.binary_cross_entropy(recon, x, reduction="sum")
-            kl = -0.5 * (1 + logvar - mu.square() - logvar.exp()).sum()
-            loss = (rec + kl) / len(x)
+        for idx in batches(n, batch_size, g):
+            loss = loss_of(model, idx, epoch)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += loss.item() * len(x)
+            total += loss.item() * len(idx)
         sched.step()
-        bar.set_postfix(neg_elbo=f"{total / len(images):.2f}")
-    return vae.eval()
+        bar.set_postfix(loss=f"{total / n:.4g}")
+    return model.eval()
+
+
+def train_vae(images: torch.Tensor, *, latent_dim=5, hidden=256, depth=2, epochs=300, batch_size=128, lr=2e-3,
+              seed=0, progress=True) -> VAE:
+    """Fit a VAE (Bernoulli pixels, N(0, I) prior) by maximising the ELBO with Adam; seeded."""
+
+    def neg_elbo(vae, idx, epoch):
+        x = images[idx]
+        recon, mu, logvar = vae(x)
+        rec = nn.functional.binary_cross_entropy(recon, x, reduction="sum")
+        kl = -0.5 * (1 + logvar - mu.square() - logvar.exp()).sum()
+        return (rec + kl) / len(x)
+
+    return _fit(lambda: VAE(tuple(images.shape[1:]), latent_dim, hidden, depth), len(images), neg_elbo,
+                epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, desc="train VAE", progress=progress)
 
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, num_classes=10, arch=None, net: str = "cnn",
@@ -109,60 +121,38 @@ def train_discrete_vae(activations: torch.Tensor, *, head=None, num_latents=16, 
     classifier's ``head`` h is given, ``consistency`` times ``KL(softmax h(a) || softmax h(â))`` so that h
     predicts the same on reconstructions as on the activations. The decoder ends in a ReLU when every activation is
     non-negative."""
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
     a_all = activations.detach()
-    dvae = DiscreteVAE(tuple(a_all.shape[1:]), num_latents, num_values, hidden, depth,
-                       nonnegative=bool((a_all >= 0).all()))
     scale = a_all.var().clamp_min(1e-12)
-    opt = torch.optim.Adam(dvae.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     log_m = torch.log(torch.tensor(float(num_values)))
-    bar = tqdm(range(epochs), desc="train discrete VAE", disable=not progress, leave=False)
-    for epoch in bar:
-        t = tau[0] * (tau[1] / tau[0]) ** (epoch / max(epochs - 1, 1))
-        total = 0.0
-        for idx in batches(len(a_all), batch_size, g):
-            a = a_all[idx]
-            recon, logits = dvae(a, tau=t, hard=True)
-            loss = (recon - a).square().flatten(1).mean(1).mean() / scale
-            q = logits.log_softmax(-1)
-            loss = loss + kl_weight * (q.exp() * (q + log_m)).sum(-1).mean()
-            if head is not None and consistency:
-                p = head(a).log_softmax(-1)
-                loss = loss + consistency * nn.functional.kl_div(head(recon).log_softmax(-1), p, log_target=True,
-                                                                 reduction="batchmean")
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        sched.step()
-        bar.set_postfix(loss=f"{total / len(a_all):.4f}", tau=f"{t:.2f}")
-    return dvae.eval()
+
+    def loss_of(dvae, idx, epoch):
+        a = a_all[idx]
+        recon, logits = dvae(a, tau=tau[0] * (tau[1] / tau[0]) ** (epoch / max(epochs - 1, 1)), hard=True)
+        loss = (recon - a).square().flatten(1).mean(1).mean() / scale
+        q = logits.log_softmax(-1)
+        loss = loss + kl_weight * (q.exp() * (q + log_m)).sum(-1).mean()
+        if head is not None and consistency:
+            p = head(a).log_softmax(-1)
+            loss = loss + consistency * nn.functional.kl_div(head(recon).log_softmax(-1), p, log_target=True,
+                                                             reduction="batchmean")
+        return loss
+
+    return _fit(lambda: DiscreteVAE(tuple(a_all.shape[1:]), num_latents, num_values, hidden, depth,
+                                    nonnegative=bool((a_all >= 0).all())),
+                len(a_all), loss_of, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                desc="train discrete VAE", progress=progress)
 
 
 def train_explainer(activations: torch.Tensor, images: torch.Tensor, *, hidden=256, depth=2, epochs=20,
                     batch_size=128, lr=2e-3, seed=0, progress=True) -> Explainer:
     """Fit the explanatory decoder on pairs (``activations [N, ...]`` = g(x), ``images [N, ...]`` = x) by binary
     cross-entropy with Adam; seeded."""
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    model = Explainer(tuple(activations.shape[1:]), tuple(images.shape[1:]), hidden, depth)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    bar = tqdm(range(epochs), desc="train explainer", disable=not progress, leave=False)
-    for _ in bar:
-        total = 0.0
-        for idx in batches(len(images), batch_size, g):
-            x = images[idx]
-            loss = nn.functional.binary_cross_entropy(model(activations[idx]), x, reduction="sum") / len(idx)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        sched.step()
-        bar.set_postfix(bce=f"{total / len(images):.2f}")
-    return model.eval()
+    def bce(model, idx, epoch):
+        return nn.functional.binary_cross_entropy(model(activations[idx]), images[idx], reduction="sum") / len(idx)
+
+    return _fit(lambda: Explainer(tuple(activations.shape[1:]), tuple(images.shape[1:]), hidden, depth), len(images),
+                bce, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, desc="train explainer",
+                progress=progress)
 
 
 @torch.no_grad()

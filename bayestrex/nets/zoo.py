@@ -10,17 +10,10 @@ import torch
 from torch import nn
 
 from .. import data
+from . import training
 from .checkpoints import CheckpointError, load, save
 from .split import activations, split
-from .training import (
-    accuracy,
-    discrete_vae_figures,
-    train_classifier,
-    train_discrete_vae,
-    train_explainer,
-    train_gan,
-    train_vae,
-)
+from .training import accuracy, train_classifier, train_gan, train_vae
 
 __all__ = ["RECIPES", "SPLITS", "MODEL_NAMES", "recipe", "weights_dir", "train_model", "get", "train", "pretrained"]
 
@@ -125,11 +118,11 @@ def _train_hidden(dataset, name, spec, hyper, splits, directory, data_root, prog
     t0 = time.perf_counter()
     a, at = activations(g, x), activations(g, xt)
     if spec["kind"] == "dvae":
-        model = train_discrete_vae(a, head=h, progress=progress, **hyper)
+        model = training.train_discrete_vae(a, head=h, progress=progress, **hyper)
         figures = dict(train_seconds=round(time.perf_counter() - t0, 1), train_examples=len(x),
-                       **{f"test_{k}": v for k, v in discrete_vae_figures(model, h, at, yt).items()})
+                       **{f"test_{k}": v for k, v in training.discrete_vae_figures(model, h, at, yt).items()})
     else:
-        model = train_explainer(a, x, progress=progress, **hyper)
+        model = training.train_explainer(a, x, progress=progress, **hyper)
         with torch.no_grad():
             bce = nn.functional.binary_cross_entropy(model(at), xt, reduction="sum").item()
         figures = dict(train_seconds=round(time.perf_counter() - t0, 1), train_examples=len(x),
