@@ -293,7 +293,8 @@ def cmd_intervene(args) -> int:
                       title="share of the posterior draws reaching the target that change each latent")
     res.result.save(out / "result.nc")
     numbers = dict(dataset=args.dataset, index=args.index, label=int(labels[args.index]), predicted=predicted,
-                   layer=dvae.meta["layer"], **res.record(), top_draws=res.distinct(3), flip_prob=args.flip_prob,
+                   layer=dvae.meta["layer"], dvae={k: v for k, v in dvae.meta.items() if k.startswith("test_")},
+                   **res.record(), top_draws=res.distinct(3), flip_prob=args.flip_prob,
                    chains=args.chains, samples=args.samples, warmup=args.warmup, sigma=args.sigma, seed=args.seed,
                    seconds=res.result.info.get("seconds"))
     write_json(numbers, out / "intervention.json")

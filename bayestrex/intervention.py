@@ -146,14 +146,17 @@ class Intervention:
     ``codes [K]`` (long) are ``c = enc(g(x))``; ``result`` the :class:`~bayestrex.Result` of the sampler (its ``z``
     are the codes ``c'`` as floats ``[chains, draws, K]``); ``to_class`` the class a draw must be predicted as to
     count as *reaching* the target (``None``: a draw reaches it when it attains the target within tolerance);
-    ``minimal`` a dict (``codes``, ``changed`` latents, ``probs``, ``method``) or None when nothing reached it.
+    ``minimal`` a dict (``codes``, ``changed`` latents, ``probs``, ``method``) or None when nothing reached it;
+    ``num_values`` is M; ``move`` the MH move (``"gibbs"`` or ``"uniform"``).
     """
 
     codes: torch.Tensor
     result: object
     to_class: int | None
     flip_prob: float
+    num_values: int
     minimal: dict | None = None
+    move: str = "gibbs"
 
     @property
     def draws(self) -> torch.Tensor:
@@ -220,8 +223,10 @@ class Intervention:
     def diagnostics(self) -> dict:
         """Convergence of the run: worst R-hat and least bulk ESS over the target statistics and the number of
         changed latents (None when no draw changes them), the MH acceptance (1 for Gibbs moves) and the share of
-        transitions that changed the code (``move_rate``), attainment, the share of draws reaching the target and
-        the mean number of changed latents."""
+        transitions that changed the code (``move_rate``), attainment, the share of draws reaching the target, the
+        mean number of changed latents, and the density evaluations of the run (warmup and draws; a Gibbs step
+        evaluates all M values of its latent besides the kernel's one evaluation; not counting the starting points'
+        4096 prior draws)."""
         r = self.result
         series = [r.u[..., j].double().numpy() for j in range(r.u.shape[-1])]
         series.append(self.changed.sum(-1).double().numpy())
@@ -235,7 +240,9 @@ class Intervention:
                     else None,
                     attainment=round(float(r.attained.float().mean()), 3),
                     reached=round(float(self.reached.float().mean()), 3),
-                    mean_changes=round(float(self.changed.sum(-1).float().mean()), 2))
+                    mean_changes=round(float(self.changed.sum(-1).float().mean()), 2),
+                    evaluations=int(r.info.get("likelihood_evals", 0)) * (self.num_values + 1 if self.move == "gibbs"
+                                                                          else 1))
 
 
 def _answer(new: torch.Tensor, codes: torch.Tensor, probs: torch.Tensor, method: str) -> dict:
@@ -316,7 +323,7 @@ def intervene(dvae, head, codes: torch.Tensor, target, *, flip_prob: float = 0.0
                                               dvae.num_values))
     result = sample(decoder, head, target, prior=prior, kernel=kernel, num_chains=num_chains,
                     num_samples=num_samples, warmup=warmup, sigma=sigma, seed=seed, progress=progress)
-    out = Intervention(codes, result, to_class, prior.flip_prob)
+    out = Intervention(codes, result, to_class, prior.flip_prob, dvae.num_values, move=move)
     if to_class is not None and max_radius > 0:
         out.minimal = minimal_intervention(dvae, head, codes, to_class, max_radius=max_radius)
     if out.minimal is None:
