@@ -102,7 +102,7 @@ class Study:
         settings = {k: v for k, v in dict(dict(dataset=a.dataset, kernel="chees", chains=a.chains, warmup=a.warmup,
                                                 samples=a.samples, sigma=a.sigma, max_steps=a.max_steps, seed=a.seed,
                                                 quick=a.quick), **(settings or {})).items() if v is not None}
-        settings["seconds"] = round(time.perf_counter() - self.t0, 1)
+        settings.setdefault("seconds", round(time.perf_counter() - self.t0, 1))  # kept when given (a re-scored run)
         parts = [f"# {self.name} — {a.dataset}", "", "Settings: " + ", ".join(f"{k} {v}" for k, v in settings.items())]
         for title, rows in tables.items():
             parts += ["", f"## {title}", "", markdown_table(rows) if rows else "(none)"]

@@ -11,10 +11,12 @@ each split at its last hidden layer (``nets.split(classifier, -2)``):
   Gibbs moves) on clean test inputs of every other class. The square oracle of the bias study reads the explanatory
   decoder's images: an intervention *adds the square* when the image of dec(c') has it and the image of dec(c) has
   not. Reported for the minimal intervention of each input (counts) and as the share of each input's posterior draws
-  that reach 8 (mean over inputs), with the runs' R-hat, ESS and move rate.
+  that reach 8 (mean over inputs), with the runs' R-hat, ESS and move rate. An input whose dec(c) already shows the
+  square cannot have it added; the rates over the inputs whose dec(c) lacks it are a table of their own.
 
     python -m analyses.intervention_bias --dataset mnist
     python -m analyses.intervention_bias --dataset digits --quick
+    python -m analyses.intervention_bias --dataset mnist --rescore   # only that table, from a run's JSON
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from analyses._studies import Study, cached_model, intervention_examples, parser
 from analyses.bias import BIASED_CLASS, add_square, classifiers, has_square
 from bayestrex import intervention as iv
 from bayestrex import nets
+
+WITHOUT_SQUARE = "the same, over the inputs whose dec(c) does not already show the square"
 
 
 def hidden_models(study: Study, name: str, classifier, x: torch.Tensor, layer=-2):
@@ -44,6 +48,28 @@ def hidden_models(study: Study, name: str, classifier, x: torch.Tensor, layer=-2
     explainer = cached_model(models / f"explainer-{name}.pt", lambda: (
         nets.train_explainer(a, x, **recipes["explainer"], progress=progress), info))
     return g, h, dvae, explainer
+
+
+@torch.no_grad()
+def square_before(dvae, explainer, codes: torch.Tensor) -> bool:
+    """Whether the explainer's image of ``dec(c)`` (``codes [K]``) already shows the square."""
+    return bool(has_square(explainer(dvae.decode(codes[None])))[0])
+
+
+def without_square_rows(records: list[dict]) -> list[dict]:
+    """Per classifier, the inputs whose ``dec(c)`` lacks the square (records with ``square_before``): how many, and
+    the share of their minimal interventions (counts) and of their posterior draws reaching 8 that add it."""
+    rows = []
+    for name in dict.fromkeys(r["classifier"] for r in records):
+        mine = [r for r in records if r["classifier"] == name]
+        free = [r for r in mine if not r["square_before"]]
+        added = [r["square_added"] for r in free if "square_added" in r]
+        post = [r["posterior_square_added"] for r in free if "posterior_square_added" in r]
+        rows.append(dict(classifier=name, inputs=len(mine), square_in_dec_c=len(mine) - len(free),
+                         without_square=len(free), reached=len(added), square_added=sum(added),
+                         square_rate=round(sum(added) / len(added), 3) if added else None,
+                         posterior_square_rate=round(sum(post) / len(post), 3) if post else None))
+    return rows
 
 
 @torch.no_grad()
@@ -68,7 +94,7 @@ def intervene_all(study: Study, name: str, models, xt: torch.Tensor, yt: torch.T
         m = it.minimal
         rec = dict(classifier=name, index=i, label=int(yt[i]), **it.record())
         with torch.no_grad():
-            before = bool(has_square(explainer(dvae.decode(codes[None])))[0])
+            before = rec["square_before"] = square_before(dvae, explainer, codes)
             hits = it.draws.flatten(0, 1)[it.reached.flatten()]
             if len(hits):  # up to 400 of the draws that reach 8, evenly spread
                 hits = hits[torch.linspace(0, len(hits) - 1, min(len(hits), 400)).long()]
@@ -92,6 +118,9 @@ def main(argv=None) -> dict:
     p.add_argument("--examples", type=int, default=4, help="inputs per classifier in the figure (default 4)")
     p.add_argument("--sources", type=int, nargs="+", default=[c for c in range(10) if c != BIASED_CLASS],
                    help="classes of the inputs moved to 8 (default: all but 8)")
+    p.add_argument("--rescore", action="store_true",
+                   help="no sampling: add the table over inputs whose dec(c) lacks the square to the JSON of an "
+                        "earlier run (its records' codes, the cached hidden-layer models)")
     args = p.parse_args(argv)
     if args.quick:
         args.per_class, args.pairs, args.sources = min(args.per_class, 1), min(args.pairs, 100), args.sources[:3]
@@ -105,6 +134,9 @@ def main(argv=None) -> dict:
     sources = sorted(set(args.sources))
     inputs = torch.cat([torch.nonzero(yt == c).flatten()[: args.per_class] for c in sources])
     pairs = xt[: args.pairs]
+    if args.rescore:
+        return rescore(study, {name: hidden_models(study, name, clf, xs)
+                               for name, clf in (("biased", biased), ("unbiased", unbiased))})
 
     model_rows, run_rows, by_class, heat, records, shown = [], [], {c: {"class": c} for c in sources}, {}, [], []
     for name, clf in (("biased", biased), ("unbiased", unbiased)):
@@ -147,12 +179,31 @@ def main(argv=None) -> dict:
     md = study.write({"classifiers and their hidden-layer models (test set)": model_rows,
                       "interventions toward 8: how often the visualised change adds the square": run_rows,
                       "minimal interventions that add the square, per source class (added / reached 8)":
-                          [by_class[c] for c in sources]},
+                          [by_class[c] for c in sources], WITHOUT_SQUARE: without_square_rows(records)},
                      extra=dict(records=records, latent_change_frequency=heat),
                      settings=dict(kernel="mh (site Gibbs moves)", max_steps=None, flip_prob=args.flip_prob,
                                    target="high:8,log", per_class=args.per_class, max_radius=args.max_radius))
     print(md)
     return dict(models=model_rows, runs=run_rows, classes=[by_class[c] for c in sources])
+
+
+def rescore(study: Study, models: dict) -> dict:
+    """``--rescore``: mark each record of the study's JSON with ``square_before`` (from its codes and the cached
+    ``models[classifier] = (g, h, dvae, explainer)``) and rewrite the JSON and markdown with the
+    :data:`WITHOUT_SQUARE` table; the run's settings and other tables are kept."""
+    import json
+
+    saved = json.loads((study.out / f"{study.name}.json").read_text())
+    records = saved["records"]
+    for r in records:
+        _, _, dvae, explainer = models[r["classifier"]]
+        r["square_before"] = square_before(dvae, explainer, torch.tensor(r["codes"]))
+    rows = without_square_rows(records)
+    command = f"python -m analyses.intervention_bias --dataset {study.args.dataset} --rescore"
+    settings = dict(max_steps=None, **saved["settings"], rescored=command)
+    print(study.write(dict(saved["tables"], **{WITHOUT_SQUARE: rows}),
+                      extra={k: v for k, v in saved.items() if k not in ("settings", "tables")}, settings=settings))
+    return dict(without_square=rows)
 
 
 if __name__ == "__main__":

@@ -280,7 +280,8 @@ def cmd_intervene(args) -> int:
                        num_samples=args.samples, warmup=args.warmup, seed=args.seed, max_radius=args.max_radius,
                        progress=not args.quiet)
     shown = ([dict(res.minimal, share=None)] if res.minimal else []) + res.distinct(3)
-    out = Path(args.out)
+    slug = f"to-{args.to}" if args.target is None else args.target.replace(":", "-").replace(",", "-")
+    out = Path(args.out) if args.out else Path("intervene-output") / f"{args.dataset}-{args.index}-{slug}"
     if shown:
         from_g, from_c, from_new = iv.pictures(dvae, explainer, activation, codes, [a["codes"] for a in shown])
         rows = [("minimal" if a["share"] is None else f"draw ({a['share']:.0%} of hits)") + "\n"
@@ -423,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--to", type=int, help="the class to move the input to (target high:B,log)")
     goal.add_argument("--target", help="any target instead, e.g. ambiguous:3,8")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: intervene-output/<dataset>-<index>-to-<B>, or -<target>)")
     p.add_argument("--chains", type=int, default=8, help="chains (default: 8)")
     p.add_argument("--samples", type=int, default=1000, help="kept draws per chain (default: 1000)")
     p.add_argument("--warmup", type=int, default=500, help="warmup iterations per chain (default: 500)")

@@ -262,6 +262,18 @@ def test_intervention_bias_study_smoke(tmp_path, tiny_hidden_zoo):
     assert len(saved["records"]) == 6 and len(saved["latent_change_frequency"]["biased"]) == 3
     for fig in ("examples", "latents-biased", "latents-unbiased"):
         assert (tmp_path / "out" / "digits" / f"intervention_bias-{fig}.png").stat().st_size > 1000
+    rows = saved["tables"][intervention_bias.WITHOUT_SQUARE]
+    for r, run in zip(rows, out["runs"]):
+        assert r["inputs"] == 3 and r["square_in_dec_c"] + r["without_square"] == 3 and r["square_added"] == run[
+            "square_added"]  # an input whose dec(c) shows the square cannot have it added
+    # re-scoring the run's JSON (no sampling) marks the same inputs and keeps the run's settings and tables
+    for r in saved["records"]:
+        del r["square_before"]
+    (tmp_path / "out" / "digits" / "intervention_bias.json").write_text(json.dumps(saved))
+    assert intervention_bias.main([*tiny_hidden_zoo, "--rescore"])["without_square"] == rows
+    again = json.loads((tmp_path / "out" / "digits" / "intervention_bias.json").read_text())
+    assert again["settings"] == dict(saved["settings"], rescored=again["settings"]["rescored"])
+    assert again["tables"] == saved["tables"] and "max_steps" not in again["settings"]
 
 
 def test_intervention_confusions_study_smoke(tmp_path, tiny_hidden_zoo):
