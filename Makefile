@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.bayestrex-installed
 
-.PHONY: demo test test-slow bench lint train data studies studies-special studies-blackbox clean
+.PHONY: demo test test-slow bench lint train data studies studies-special studies-blackbox browser screenshot clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,16 @@ bench: $(STAMP)
 	  --bare-chains 64 --seed $$s --out analyses/results/bench_nuts_seeds/seed$$s || exit 1; done
 	$(PY) -m analyses.roofline
 
+# Headless Chromium for the report's browser test (Debian's chromium; apt-get as root, else through sudo).
+browser:
+	command -v chromium >/dev/null || { $$(test "$$(id -u)" = 0 || echo sudo) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$(test "$$(id -u)" = 0 || echo sudo) apt-get install -y -qq chromium; }
+	chromium --version
+
+# The README's screenshot of the demo report (after make demo and make browser).
+screenshot: $(STAMP)
+	$(PY) tests/browser.py demo-output/report.html docs/report.png --width 1280 --height 1500
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
@@ -47,10 +57,15 @@ data: $(STAMP)
 	  $$(test "$$(id -u)" = 0 || echo sudo) apt-get install -y -qq dataset-fashion-mnist; }
 
 # The four Bayes-TrEx studies on one dataset (make studies DATASET=fashion-mnist); models train on first use.
+# Their runs are sweeps (analyses/results/studies/<dataset>/runs/): interrupted, `make studies` resumes. WORKERS
+# local processes by default; on a Ray cluster: make studies ADDRESS=HOST:6379 (or ADDRESS=auto on a cluster node).
 DATASET ?= mnist
+WORKERS ?= 2
+ADDRESS ?=
+STUDY_BACKEND = $(if $(ADDRESS),--backend ray --address $(ADDRESS),--backend process --workers $(WORKERS))
 studies: $(STAMP)
 	for s in level_sets adversarial novel_class overconfidence; do \
-	  $(PY) -m analyses.$$s --dataset $(DATASET) --threads 1 --quiet || exit 1; done
+	  $(PY) -m analyses.$$s --dataset $(DATASET) --threads 1 --quiet $(STUDY_BACKEND) || exit 1; done
 
 # xGEMs / CDeepEx studies: third-class intrusion, biased-MNIST confounding, confidence manifolds.
 studies-special: $(STAMP)

@@ -1,8 +1,12 @@
-"""What the Bayes-TrEx studies share: options, the zoo models, cached sampling of one target, tables and figures.
+"""What the Bayes-TrEx studies share: options, the zoo models, sampling through a sweep, tables, figures, reports.
 
-Every study is one command (``python analyses/<study>.py --dataset mnist``) that writes ``<study>.md``,
-``<study>.json`` and PNG figures into ``--out/<dataset>/``. Sampled results are cached in ``--out/<dataset>/cache/``
-by (models, target, sampler settings), so studies that need the same posterior sample it once.
+Every study is one command (``python -m analyses.<study> --dataset mnist``) that writes ``<study>.md``,
+``<study>.json``, PNG figures and ``<study>-report.html`` into ``--out/<dataset>/`` (``<study>-smc.*`` with
+``--kernel smc``). Its runs are a sweep (:mod:`bayestrex.sweeps`): the study writes its spec
+(``<study>-sweep.toml``), runs it into the sweep folder ``--out/<dataset>/runs/`` (shared by the studies of a
+dataset, so a posterior two studies need is sampled once), then makes its tables and figures from the stored
+results. Interrupted, a study resumes where it stopped; ``--backend process --workers N`` spreads the runs over local
+processes, ``--backend ray --address ADDR`` over a Ray cluster.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import torch
 import bayestrex as bt
 from bayestrex.io import atomic_path, markdown_table, write_json
 from bayestrex.kernels.chees import ChEES
+from bayestrex.kernels.smc import SMC
+from bayestrex.sweeps import Sweep, load_spec, sweep, to_toml
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -34,12 +40,23 @@ def parser(description: str, *, default_chains=32, default_warmup=100, default_s
     p.add_argument("--max-steps", type=int, default=64,
                    help="chees: leapfrog cap per draw (default 64: ambiguous targets asked for ~150 at sigma 0.05, "
                         "5 min a target on 2 CPU cores; the cap costs mixing, reported as R-hat and ESS)")
+    p.add_argument("--kernel", choices=["chees", "smc"], default="chees",
+                   help="chees (many chains from the best prior draws) or smc (tempered from the prior: particles = "
+                        "--chains, in 4 independent runs; --warmup = mutation steps at the posterior) (default chees)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--weights-dir", default=None, help="folder of model weights (default: models/)")
     p.add_argument("--data-root", default=None, help="folder of IDX files (default: the installed data source)")
     p.add_argument("--quick", action="store_true", help="a smoke run: few targets, few draws")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--backend", choices=["serial", "process", "ray"], default="serial",
+                   help="where the runs execute: serial (this process, default), process (--workers local "
+                        "processes) or ray (a Ray task per run)")
+    p.add_argument("--workers", type=int, default=None, help="process: worker processes; ray: CPUs of a local "
+                   "instance")
+    p.add_argument("--address", default=None, help="ray: address of a running cluster (default: a local instance)")
+    p.add_argument("--retry-failed", action="store_true", help="rerun runs that failed before")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     return p
 
 
@@ -49,9 +66,10 @@ class Study:
     def __init__(self, name: str, args):
         if args.quick:
             args.chains, args.warmup, args.samples = min(args.chains, 4), min(args.warmup, 10), min(args.samples, 10)
-        self.name, self.args = name, args
+        self.name, self.args = name + ("-smc" if args.kernel == "smc" else ""), args
         self.out = Path(args.out) / args.dataset
-        self.cache = self.out / "cache"
+        self.runs_dir = self.out / "runs"
+        self.sampled: list[tuple[str, bt.Result, object]] = []  # (key, result, generator) for the report
         self.class_names = bt.data.CLASS_NAMES[args.dataset]
         torch.set_num_threads(args.threads)
         self.t0 = time.perf_counter()
@@ -63,43 +81,95 @@ class Study:
     def data(self, split: str):
         return bt.data.load(self.args.dataset, split, root=self.args.data_root)
 
-    def sample(self, generator_name: str, classifier_name: str, target: str) -> tuple[bt.Result, torch.Tensor]:
-        """The posterior of ``target`` for (generator, classifier) of the zoo: ``(result, images [C, D, ...])``.
-        Cached on disk by models (their checksums), target and sampler settings."""
+    def spec(self, runs) -> dict:
+        """The sweep spec of ``runs``, a list of ``(generator, classifier, target)``, with the study's settings."""
         a = self.args
-        gen_model, clf = self.model(generator_name), self.model(classifier_name)
+        settings = dict(dataset=a.dataset, kernel=getattr(a, "kernel", "chees"), sigma=a.sigma, seed=a.seed,
+                        chains=a.chains, samples=a.samples, warmup=a.warmup, max_steps=a.max_steps, threads=a.threads)
+        if a.quick:  # smoke runs: a short polish of the starting points (the default is 200 Adam steps)
+            settings["optimize_steps"] = 10
+        settings.update({k: str(v) for k, v in (("weights_dir", a.weights_dir), ("data_root", a.data_root)) if v})
+        grid = [dict(generator=g, classifier=c, target=t) for g, c, t in dict.fromkeys(runs)]
+        return dict(name=self.name, settings=settings, grid=grid)
+
+    def prefetch(self, runs) -> Sweep:
+        """Sample every run of ``runs`` (``(generator, classifier, target)`` tuples) that the sweep folder lacks, on
+        the chosen backend; write the spec beside the study's tables (``bayestrex sweep`` runs it as it is)."""
+        a = self.args
+        spec = self.spec(runs)
+        with atomic_path(self.out / f"{self.name}-sweep.toml") as tmp:
+            tmp.write_text(to_toml(spec))
+        sw = sweep(spec, self.runs_dir, backend=a.backend, workers=a.workers, address=a.address,
+                   retry_failed=a.retry_failed, progress=not a.quiet)
+        failed = [r for r in sw.rows() if r["status"] != "done"]
+        if failed:
+            raise RuntimeError(f"{len(failed)} runs did not finish ({failed[0]['key']}: {failed[0]['error']}); see "
+                               f"{self.runs_dir / 'index.md'}; rerun (with --retry-failed for failed runs)")
+        return sw
+
+    def sample(self, generator_name: str, classifier_name: str, target: str) -> tuple[bt.Result, torch.Tensor]:
+        """The posterior of ``target`` for (generator, classifier) of the zoo: ``(result, images [C, D, ...])``,
+        read from the sweep folder (sampled now when it is not there)."""
+        run = load_spec(self.spec([(generator_name, classifier_name, target)]))[1][0]
+        row = Sweep(self.runs_dir, [run]).rows()[0]
+        if row["status"] != "done":
+            self.prefetch([(generator_name, classifier_name, target)])
+            row = Sweep(self.runs_dir, [run]).rows()[0]
+        result = bt.load(self.runs_dir / row["path"])
+        generator = self.model(generator_name).generator
+        with torch.no_grad():
+            images = result.images(generator)
+        self.sampled.append((row["key"], result, generator))
+        return result, images
+
+    def sample_models(self, gen_model, clf, target: str) -> tuple[bt.Result, torch.Tensor]:
+        """As :meth:`sample` for models that are not in the zoo (loaded from the study's own checkpoints: anything
+        with ``meta["sha256"]``): sampled in this process, cached in ``--out/<dataset>/cache/`` by the models'
+        checksums, target and sampler settings."""
+        a = self.args
         generator = gen_model.generator
-        key = json.dumps([a.dataset, gen_model.meta["sha256"], clf.meta["sha256"], target, a.chains, a.warmup,
-                          a.samples, a.sigma, a.max_steps, a.seed])
+        settings = [a.dataset, gen_model.meta["sha256"], clf.meta["sha256"], target, a.chains, a.warmup, a.samples,
+                    a.sigma, a.max_steps, a.seed]
+        key = json.dumps(settings + (["smc"] if a.kernel == "smc" else []))
         slug = target.replace(":", "_").replace(",", "_")
-        path = self.cache / f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.nc"
+        path = self.out / "cache" / f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.nc"
         if path.is_file():
             result = bt.load(path)
         else:
             init = None
-            if a.quick:  # smoke runs: a short polish of the starting points (the default is 200 Adam steps)
+            if a.quick and a.kernel == "chees":  # smoke runs: a short polish of the starting points (default 200)
                 post = bt.Posterior(generator, clf, target, sigma=a.sigma)
                 init = post.initial_points(a.chains, seed=a.seed, optimize_steps=10)
+            kernel = ChEES(max_steps=a.max_steps) if a.kernel == "chees" else SMC(max_leapfrog=a.max_steps)
             result = bt.sample(generator, clf, target, num_chains=a.chains, num_samples=a.samples, warmup=a.warmup,
-                               sigma=a.sigma, kernel=ChEES(max_steps=a.max_steps), seed=a.seed,
-                               progress=not a.quiet, init=init)
+                               sigma=a.sigma, kernel=kernel, seed=a.seed, progress=not a.quiet, init=init)
             result.save(path)
         with torch.no_grad():
             images = result.images(generator)
+        self.sampled.append((f"{target} (own models)", result, generator))
         return result, images
 
     def row(self, result: bt.Result) -> dict:
-        """The diagnostics columns every study reports per target."""
+        """The diagnostics columns every study reports per target (for smc also the nested R-hat over its
+        independent runs, whether they agree on the split between regions, log Z and the level-set mass)."""
         o = bt.diagnostics.overview(result)
-        return {k: o[k] for k in ("target", "attainment", "max_r_hat", "min_ess_bulk", "min_ess_tail", "divergences",
-                                  "failed_chains", "stuck_chains", "seconds")}
+        row = {k: o[k] for k in ("target", "attainment", "max_r_hat", "min_ess_bulk", "min_ess_tail", "divergences",
+                                 "failed_chains", "stuck_chains", "grad_evals", "seconds")}
+        if self.args.kernel == "smc":
+            agreement = bt.diagnostics.run_agreement(result)
+            mass = result.level_set_mass()
+            row.update(nested_r_hat=o["nested_r_hat"], runs_agree=agreement["agree"],
+                       region_share_spread=round(agreement["max_difference"], 3), log_z=o["log_evidence"],
+                       log_z_se=o["log_evidence_se"], mass=float(f"{mass['mass']:.3g}"),
+                       mass_se=float(f"{mass['mass_se']:.2g}"), stages=len(result.groups["smc"]["beta"]))
+        return row
 
     def write(self, tables: dict[str, list[dict]], extra: dict | None = None, settings: dict | None = None) -> str:
         """Write ``<name>.md`` (one section per table) and ``<name>.json`` atomically; return the markdown.
         ``settings`` override or add to the recorded settings (a value of None drops one, e.g. ``max_steps`` for a
         study that does not use ChEES)."""
         a = self.args
-        settings = {k: v for k, v in dict(dict(dataset=a.dataset, kernel="chees", chains=a.chains, warmup=a.warmup,
+        settings = {k: v for k, v in dict(dict(dataset=a.dataset, kernel=a.kernel, chains=a.chains, warmup=a.warmup,
                                                 samples=a.samples, sigma=a.sigma, max_steps=a.max_steps, seed=a.seed,
                                                 quick=a.quick), **(settings or {})).items() if v is not None}
         settings.setdefault("seconds", round(time.perf_counter() - self.t0, 1))  # kept when given (a re-scored run)
@@ -110,6 +180,10 @@ class Study:
         with atomic_path(self.out / f"{self.name}.md") as tmp:
             tmp.write_text(md)
         write_json(dict(settings=settings, tables=tables, **(extra or {})), self.out / f"{self.name}.json")
+        if self.sampled and not a.no_report:
+            keys, results, generators = zip(*self.sampled)
+            bt.report.write(list(results), self.out / f"{self.name}-report.html", generators=list(generators),
+                            names=list(keys), title=f"{self.name} — {a.dataset}")
         return md
 
     def figure(self, fig_name: str) -> Path:

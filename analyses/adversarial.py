@@ -25,6 +25,7 @@ def main(argv=None) -> list[dict]:
     args = p.parse_args(argv)
     study = Study("adversarial", args)
     classes = args.classes if args.classes is not None else ([0, 1] if args.quick else list(range(10)))
+    study.prefetch([(f"vae-without-{c}", "classifier", f"high:{c}") for c in classes])
     rows, montage_rows, titles = [], [], []
     for c in classes:
         result, images = study.sample(f"vae-without-{c}", "classifier", f"high:{c}")

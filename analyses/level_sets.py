@@ -12,6 +12,7 @@ target) and figures (draws per target; the graded sweep's mean probabilities aga
 
 from __future__ import annotations
 
+import math
 import sys
 
 import matplotlib
@@ -35,6 +36,26 @@ def confused_pairs(classifier, images, labels, k: int = 5) -> list[tuple[int, in
     return sorted(pairs, key=lambda p: (-p[2], p[0], p[1]))[:k]
 
 
+@torch.no_grad()
+def prior_masses(generator, classifier, targets: list[str], n: int, seed: int = 0, batch: int = 8192) -> list[dict]:
+    """The plain Monte Carlo answer to "what fraction of the generator's inputs attain each target": ``n`` prior
+    draws, each decoded and classified once; hits, fraction and its binomial standard error per target."""
+    parsed = [bt.targets.parse(t) for t in targets]
+    hits = torch.zeros(len(parsed), dtype=torch.long)
+    g = torch.Generator().manual_seed(seed)
+    for start in range(0, n, batch):
+        z = torch.randn(min(batch, n - start), generator.latent_dim, generator=g)
+        p = classifier(generator(z)).softmax(-1)
+        for i, t in enumerate(parsed):
+            hits[i] += int(bt.diagnostics.attained(t.statistic(p), t.value(p.shape[-1]), t.tolerance).sum())
+    out = []
+    for t, h in zip(targets, hits.tolist()):
+        f = h / n
+        out.append(dict(target=t, prior_draws=n, prior_hits=h, prior_mass=float(f"{f:.3g}"),
+                        prior_mass_se=float(f"{math.sqrt(max(f * (1 - f), 1 / n) / n):.2g}")))
+    return out
+
+
 def main(argv=None) -> dict:
     p = parser("Bayes-TrEx level sets: high confidence, ambiguity, graded levels")
     p.add_argument("--generator", choices=["vae", "gan"], default="vae", help="zoo generator (default: vae)")
@@ -50,6 +71,7 @@ def main(argv=None) -> dict:
               "ambiguous (most confused pairs)": [f"ambiguous:{p},{q}" for p, q, _ in pairs],
               f"graded {a}/{b}": [f"graded:{a},{b},{al:g}" for al in alphas]}
 
+    study.prefetch([(args.generator, "classifier", t) for targets in groups.values() for t in targets])
     tables, graded = {}, []
     for group, targets in groups.items():
         rows, montage_rows, titles = [], [], []
@@ -89,6 +111,15 @@ def main(argv=None) -> dict:
     bt.plots.save(fig, study.figure("graded-sweep"))
 
     pairs_table = [dict(a=p, b=q, test_errors=e) for p, q, e in pairs]
+    if args.kernel == "smc":  # the level-set masses: SMC's estimate beside plain prior sampling
+        gen = study.model(args.generator).generator
+        every = [r for rows in tables.values() for r in rows]
+        prior = prior_masses(gen, clf, [r["target"] for r in every], n=2000 if args.quick else 1_000_000,
+                             seed=args.seed)
+        tables["level-set masses (fraction of the generator's inputs that attain the target)"] = [
+            dict(target=r["target"], smc_mass=r["mass"], smc_mass_se=r["mass_se"], **{k: v for k, v in q.items()
+                                                                                    if k != "target"})
+            for r, q in zip(every, prior)]
     md = study.write({"most confused pairs (test set)": pairs_table, **tables})
     print(md)
     return tables

@@ -56,6 +56,7 @@ def main(argv=None) -> dict:
 
     sample_rows, drawn_probs, drawn_true, montage_rows, titles = [], [], [], [], []
     targets = range(2 if args.quick else len(known))
+    study.prefetch([("vae-split", "classifier-split", f"high:{k}") for k in targets])
     for k in targets:
         result, images = study.sample("vae-split", "classifier-split", f"high:{k}")
         flat = images.reshape(-1, *images.shape[2:])

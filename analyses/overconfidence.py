@@ -43,6 +43,7 @@ def main(argv=None) -> dict:
     pairs = confused_pairs(clf, x_test, y_test, k=1 if args.quick else 3)
     targets = [f"ambiguous:{a},{b}" for a, b, _ in pairs] + ["uniform"]
 
+    study.prefetch([("vae", "classifier", spec) for spec in targets])
     rows = []
     for spec in targets:
         target = bt.targets.parse(spec)

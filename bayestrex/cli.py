@@ -1,5 +1,5 @@
-"""The ``bayestrex`` command: ``demo``, ``sample``, ``diagnose``, ``train``, ``xgems``, ``cdeepex``, ``intervene``.
-Thin: it calls the library."""
+"""The ``bayestrex`` command: ``demo``, ``sample``, ``diagnose``, ``train``, ``sbc``, ``xgems``, ``cdeepex``,
+``intervene``, ``sweep``, ``report``. Thin: it calls the library."""
 
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ def _sample_and_report(target, vae, clf, out: Path, args, prefix: str) -> dict:
     import bayestrex as bt
 
     result = bt.sample(vae.decoder, clf, target, num_chains=args.chains, num_samples=args.samples,
-                       warmup=args.warmup, sigma=args.sigma, kernel=_kernel(args), seed=args.seed,
+                       warmup=_warmup(args), sigma=args.sigma, kernel=_kernel(args), seed=args.seed,
                        progress=not args.quiet)
+    result.info.update(dataset=args.dataset, generator="vae", classifier="classifier")  # for `bayestrex report`
     bt.plots.image_grid(result, path=out / f"{prefix}images.png")
     bt.plots.statistic_hist(result, path=out / f"{prefix}statistics.png")
     bt.plots.trace(result, path=out / f"{prefix}trace.png")
@@ -51,9 +52,20 @@ def _kernel(args):
         return BatchedHMC(max_steps=args.max_steps, dense_mass=True if args.dense_mass else None)
     if args.kernel == "chees":
         return ChEES(max_steps=args.max_steps)
+    if args.kernel == "smc":
+        from .kernels.smc import SMC
+
+        return SMC(max_leapfrog=args.max_steps)
     if args.kernel not in KERNELS:  # argparse's choices already hold this; kept for programmatic callers
         raise ValueError(f"--kernel must be one of {sorted(KERNELS)}, got {args.kernel!r}")
     return args.kernel
+
+
+def _warmup(args) -> int | None:
+    """--warmup, or its default: the command's for MCMC kernels, the kernel's own for smc."""
+    if args.warmup is not None:
+        return args.warmup
+    return None if args.kernel == "smc" else args.default_warmup
 
 
 def _setup(args):
@@ -91,7 +103,12 @@ def cmd_demo(args) -> int:
     out = Path(args.out)
     md = _write_table(rows, out, "summary")
     print(md)
-    print(f"\nwrote figures, results and summary.md to {out}/ in {time.perf_counter() - t0:.1f} s")
+    import bayestrex as bt
+
+    vae, _ = _setup(args)
+    results = [bt.load(out / f"{t.replace(':', '_').replace(',', '_')}-result.nc") for t in args.targets]
+    bt.report.write(results, out / "report.html", generators=vae.decoder, title=f"bayestrex demo: {args.dataset}")
+    print(f"\nwrote figures, results, summary.md and report.html to {out}/ in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -304,6 +321,97 @@ def cmd_intervene(args) -> int:
     return 0
 
 
+def cmd_sbc(args) -> int:
+    """Simulation-based calibration of one kernel on one statistic: ranks, ECDF figure, verdict."""
+
+    from .io import atomic_path, markdown_table, write_json
+    from .sbc import plot, simulate
+
+    out = Path(args.out)
+    vae, clf = _setup(args)
+    kernel = _kernel(args)
+    t0 = time.perf_counter()
+    res = simulate(vae.decoder, clf, args.statistic, kernel=kernel, sigma=args.sigma, replicates=args.replicates,
+                   num_chains=args.chains, num_samples=args.samples, warmup=_warmup(args), draws=args.draws,
+                   seed=args.seed, jobs=args.jobs, progress=not args.quiet)
+    seconds = round(time.perf_counter() - t0, 1)
+    verdicts = res.verdicts()
+    rows = [dict(quantity=res.names[q], verdict="pass" if v["passed"] else "FAIL", max_ecdf_gap=round(v["worst"], 3),
+                 mean_rank=round(v["mean_rank"], 3), share_at_the_ends=round(v["edge_share"], 3))
+            for q, v in verdicts.items()]
+    diag = res.diagnostics
+    summary = dict(verdict="pass" if all(v["passed"] for v in verdicts.values()) else "FAIL", seconds=seconds,
+                   median_max_r_hat=float(sorted(d["max_r_hat"] for d in diag)[len(diag) // 2]),
+                   median_attainment=float(sorted(d["attainment"] for d in diag)[len(diag) // 2]),
+                   grad_evals=int(sum(d["grad_evals"] for d in diag)), dataset=args.dataset, **res.settings,
+                   command="bayestrex " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("bayestrex") else None)
+    plot(res, path=out / "sbc.png")
+    write_json(dict(summary=summary, quantities=rows, ranks=res.ranks.tolist(), replicates=diag), out / "sbc.json")
+    md = "\n".join([f"# SBC: {res.settings['kernel']} on {args.statistic}, sigma {args.sigma}", "",
+                    markdown_table([summary]), "", markdown_table(rows)])
+    with atomic_path(out / "sbc.md") as tmp:
+        tmp.write_text(md + "\n")
+    print(md)
+    print(f"\nverdict: {summary['verdict']} ({len(diag)} replicates, ranks among {res.num_draws} draws; "
+          f"{seconds} s); wrote sbc.png, sbc.json and sbc.md to {out}/")
+    return 1 if args.strict and summary["verdict"] == "FAIL" else 0
+
+
+def cmd_sweep(args) -> int:
+    import bayestrex as bt
+
+    sw = bt.sweep(args.spec, args.out, backend=args.backend, workers=args.workers, address=args.address,
+                  retry_failed=args.retry_failed, progress=not args.quiet)
+    print(sw.write_table())
+    rows = sw.rows()
+    done = sum(r["status"] == "done" for r in rows)
+    print(f"\n{done} of {len(rows)} runs done ({len(sw.executed)} run now); index, table.md and runs/ in {sw.folder}/")
+    if args.report:
+        print(f"wrote {sw.report(weights_dir=args.weights_dir)}")
+    if done < len(rows):
+        print("some runs failed or were lost (index.md says why): rerun to redo lost runs, add --retry-failed to "
+              "redo failed ones", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _report_inputs(paths: list[str]):
+    """``(name, result, extra columns)`` for each RUN: a result file, a sweep folder, or a folder of result files."""
+    import bayestrex as bt
+
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir() and (p / "index.json").is_file():
+            sw = bt.sweeps.Sweep.open(p)
+            out += [(row["key"], r, {}) for row, r in sw.results()]
+        elif p.is_dir():
+            files = sorted(p.glob("*result.nc"))
+            if not files:
+                raise FileNotFoundError(f"{p} holds no result files (*result.nc) and is not a sweep folder")
+            out += [(f"{bt.load(f).target_spec} ({f.name})", bt.load(f), {}) for f in files]
+        else:
+            out.append((f"{bt.load(p).target_spec} ({p.name})", bt.load(p), {}))
+    if not out:
+        raise ValueError("no finished runs to report")
+    return out
+
+
+def cmd_report(args) -> int:
+    import bayestrex as bt
+
+    items = _report_inputs(args.runs)
+    gens = [bt.sweeps.generator_for(r, dataset=args.dataset, name=args.generator, weights_dir=args.weights_dir)
+            for _, r, _ in items]
+    if any(g is None for g in gens):
+        print(f"note: {sum(g is None for g in gens)} of {len(gens)} runs have no generator to decode their draws "
+              "(pass --dataset and --generator, or train the model); the report shows them without images",
+              file=sys.stderr)
+    path = bt.report.write([r for _, r, _ in items], args.out, generators=gens, names=[n for n, _, _ in items],
+                           title=args.title)
+    print(f"wrote {path} ({len(items)} runs)")
+    return 0
+
+
 def _explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits", help="digits, mnist or fashion-mnist (default: digits)")
     src = p.add_mutually_exclusive_group()
@@ -330,7 +438,10 @@ def _sampling_args(p: argparse.ArgumentParser, chains: int, samples: int, warmup
     p.add_argument("--dataset", default="digits", help="dataset whose reference models to use (default: digits)")
     p.add_argument("--chains", type=int, default=chains, help=f"number of chains (default: {chains})")
     p.add_argument("--samples", type=int, default=samples, help=f"kept draws per chain (default: {samples})")
-    p.add_argument("--warmup", type=int, default=warmup, help=f"warmup iterations per chain (default: {warmup})")
+    p.add_argument("--warmup", type=int, default=None,
+                   help=f"warmup iterations per chain (default: {warmup}; smc: mutation steps at the posterior after "
+                        "tempering, default 10)")
+    p.set_defaults(default_warmup=warmup)
     p.add_argument("--sigma", type=float, default=0.05, help="likelihood width sigma (default: 0.05)")
     p.add_argument("--kernel", default=kernel, choices=sorted(_kernel_summaries()), metavar="KERNEL",
                    help="sampling kernel: " + "; ".join(f"{k}: {v}" for k, v in _kernel_summaries().items())
@@ -340,7 +451,7 @@ def _sampling_args(p: argparse.ArgumentParser, chains: int, samples: int, warmup
     p.add_argument("--dense-mass", action="store_true", help="nuts, hmc: adapt a dense mass matrix instead of a "
                    "diagonal (hmc and chees already do when latent_dim <= 32)")
     p.add_argument("--max-steps", type=int, default=max_steps,
-                   help=f"hmc, chees: at most this many leapfrog steps per draw (default: {max_steps})")
+                   help=f"hmc, chees, smc: at most this many leapfrog steps per draw (default: {max_steps})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--weights-dir", default=None, help="folder of model weights (default: models/ or the cache)")
     p.add_argument("--data-root", default=None, help="mnist, fashion-mnist: folder of IDX files (default: the "
@@ -388,6 +499,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-dir", default=None, help="output folder (default: models/ or the cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sbc", help="simulation-based calibration of a kernel: are its draws right?",
+                       description="Repeat: draw z from the prior, set the target to the statistics of G(z) plus "
+                                   "N(0, sigma^2) noise, sample that posterior as a user would, rank z among the "
+                                   "draws. An exact sampler gives uniform ranks; writes sbc.png (ECDF of the ranks "
+                                   "with simultaneous bands), sbc.json and sbc.md with the verdict.")
+    _sampling_args(p, chains=16, samples=100, warmup=100, kernel="chees", max_steps=1000)
+    p.add_argument("--statistic", default="ambiguous:3,8",
+                   help="a target form whose statistic is pinned (any value allowed), e.g. ambiguous:3,8 or "
+                        "graded:1,7,0.3 (default: ambiguous:3,8)")
+    p.add_argument("--replicates", type=int, default=100, help="SBC replicates (default: 100)")
+    p.add_argument("--draws", type=int, default=None, help="draws ranked per replicate (default: --chains)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="replicates run in parallel processes (default: min(2, CPU count))")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when the verdict is FAIL")
+    p.set_defaults(func=cmd_sbc)
 
     p = sub.add_parser("xgems", help="xGEMs: walk an input's latent code toward a class until the label switches",
                        description="Invert an input, walk its code toward --target (default: the second most likely "
@@ -440,6 +568,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_intervene)
+
+    p = sub.add_parser("sweep", help="run a grid of runs from a TOML spec into a sweep folder (resumable)",
+                       description="Run every (dataset, generator, classifier, target, kernel, sigma, seed) run of "
+                                   "SPEC.toml that is not done yet; each result is a netCDF file under OUT/runs/, "
+                                   "OUT/index.md lists status and diagnostics. Rerunning skips finished runs.")
+    p.add_argument("spec", help="a sweep spec (TOML; see bayestrex.sweeps)")
+    p.add_argument("--out", default=None, help="sweep folder (default: sweeps/<spec name>)")
+    p.add_argument("--backend", choices=["process", "ray", "serial"], default="process",
+                   help="process: local worker processes (default); ray: a Ray task per run; serial: this process")
+    p.add_argument("--workers", type=int, default=None,
+                   help="process: worker processes (default: CPU count); ray: CPUs of a local instance")
+    p.add_argument("--address", default=None, help="ray: address of a running cluster (e.g. auto, HOST:6379 or "
+                   "ray://HOST:10001); default: start a local instance")
+    p.add_argument("--retry-failed", action="store_true", help="rerun runs that raised an error")
+    p.add_argument("--report", action="store_true", help="also write OUT/report.html")
+    p.add_argument("--weights-dir", default=None, help="folder of model weights for the report's images")
+    p.add_argument("--quiet", action="store_true", help="no line per finished run")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="one self-contained HTML report of result files or sweep folders",
+                       description="Write one HTML file (images inlined) with, per run, the settings, draws, "
+                                   "statistic histograms, trace and rank plots and diagnostics; with several runs, "
+                                   "a sortable index table first.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="a result .nc file, a sweep folder, or a folder of "
+                   "*result.nc files (as demo writes)")
+    p.add_argument("--out", required=True, help="the HTML file to write")
+    p.add_argument("--dataset", default=None, help="dataset of the generator (default: as recorded in the run)")
+    p.add_argument("--generator", default=None, help="zoo generator to decode draws, e.g. vae or gan (default: as "
+                   "recorded in the run; without one the report has no images)")
+    p.add_argument("--weights-dir", default=None, help="folder of model weights (default: models/ or the cache)")
+    p.add_argument("--title", default=None, help="page title")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

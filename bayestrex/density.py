@@ -118,6 +118,51 @@ class LogDensity:
         pe = pe.detach()
         return torch.where(torch.isnan(pe), torch.full_like(pe, math.inf), pe), grad, aux
 
+    differentiable: bool = True  #: whether gradients exist (False for black boxes)
+
+    def prior_draws(self, n: int, rng: torch.Generator) -> torch.Tensor:
+        """``[n, d]`` draws from the prior (``rng`` a CPU ``torch.Generator``), on the density's device."""
+        return torch.as_tensor(self.prior.sample(n, rng)).to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def initial_points(self, num_chains: int, *, seed: int = 0, candidates: int | None = None, pool: int | None = None,
+                       optimize_steps: int = 200, learning_rate: float = 0.05,
+                       batch_size: int = 4096) -> torch.Tensor:
+        """Distinct starting codes ``[num_chains, d]`` in the posterior's main basin, spread over it.
+
+        1. ``candidates`` prior draws (default ``max(4096, 16 C)``); keep a ``pool`` of them (default ``4 C``) by
+           Gumbel top-k on the likelihood (sampling without replacement with weights ∝ likelihood), so they are
+           near the level set and spread over its modes instead of piled on one point;
+        2. ``optimize_steps`` of Adam on the potential, batched over the pool. A narrow level set (small ``sigma``)
+           has pseudo-modes: local minima of the potential whose density is ``e^-500`` of the level set's. A chain
+           started in one never leaves it (R-hat in the tens), and, for kernels that share a step size, drags the
+           step size of all chains to zero;
+        3. the ``num_chains`` best of the pool by Gumbel top-k on the posterior density.
+
+        Starting points do not bias MCMC, but an MCMC chain that cannot cross between disconnected pieces of a level
+        set keeps the piece it starts in: the pieces' shares are then those of the starting points (without
+        replacement, not the posterior's). Tempered SMC (``kernel="smc"``) gives pieces their weights.
+        """
+        if self.per_chain:
+            raise ValueError("initial_points needs one prior centre for all chains; with a per-chain prior_loc "
+                             "pass init= (e.g. the prior centres themselves)")
+        n = candidates or max(4096, 16 * num_chains)
+        m = min(n, pool or 4 * num_chains)
+        g = torch.Generator().manual_seed(seed)
+        z = self.prior_draws(n, g)
+        loglik = torch.cat([self.evaluate(b)[1]["log_likelihood"] for b in z.split(batch_size)])
+        z = z[_gumbel_top_k(loglik, m, g)]
+        if optimize_steps > 0 and self.differentiable:
+            z = z.clone().requires_grad_(True)
+            opt = torch.optim.Adam([z], lr=learning_rate)
+            for _ in range(optimize_steps):
+                _, grad, _ = self.potential_and_grad(z.detach())
+                z.grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+                opt.step()
+            z = z.detach()
+        log_density = torch.cat([self.log_density(b) for b in z.split(batch_size)])
+        return z[_gumbel_top_k(log_density, num_chains, g)]
+
     def tempered(self, beta: float | torch.Tensor) -> LogDensity:
         """This density with the likelihood raised to ``beta`` in ``[0, 1]``: a number, or a tensor ``[C]`` with one
         temperature per chain (then every evaluation must be of all C chains, in order). A view: nothing is copied."""
@@ -129,6 +174,13 @@ class LogDensity:
         else:
             beta = float(beta)
         return _Tempered(self, beta)
+
+
+def _gumbel_top_k(log_weight: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    """Indices of ``k`` draws without replacement with probabilities ∝ ``exp(log_weight)`` (NaN counts as -inf)."""
+    log_weight = torch.where(torch.isfinite(log_weight), log_weight, torch.full_like(log_weight, -math.inf))
+    gumbel = -torch.log(-torch.log(torch.rand(len(log_weight), generator=g).clamp_min(1e-12))).to(log_weight)
+    return torch.topk(log_weight + gumbel, k).indices
 
 
 class _Tempered(LogDensity):
@@ -149,27 +201,50 @@ class _Tempered(LogDensity):
 
 
 class Density(LogDensity):
-    """A plain log density over ``R^d``, e.g. to test kernels on targets with known answers.
+    """A plain log density over ``R^d``, e.g. to test kernels on targets with known answers. One of:
 
-    Either ``Density(log_density, d)``: any ``f(z [C, d]) -> [C]`` (differentiable with torch), split for the
-    kernels that need a prior as ``N(0, I)`` times the likelihood ``f / N(0, I)``; or
-    ``Density(latent_dim=d, prior=GaussianPrior(...), log_likelihood=ell)``: a Gaussian prior and a log-likelihood
-    ``ell(z) -> [C]``, whose evidence ``log ∫ π0 e^ℓ`` is what SMC estimates.
+    - ``Density(log_density, d)``: any ``f(z [C, d]) -> [C]`` (differentiable with torch), split for the kernels that
+      need a prior as ``N(0, I)`` times the likelihood ``f / N(0, I)``;
+    - ``Density(latent_dim=d, prior=GaussianPrior(...), log_likelihood=ell)``: a Gaussian prior and a log-likelihood
+      ``ell(z) -> [C]``, whose evidence ``log ∫ π0 e^ℓ`` is what SMC estimates;
+    - ``Density(latent_dim=d, prior=..., residual=r, sigma=s)``: the Bayes-TrEx form, ``N(0; r(z), s²)`` with
+      ``r(z) -> [C, m]`` (a statistic minus its target): kernels on the level set use ``residual`` itself, and
+      ``sigma = 0`` is the level set ``{r = 0}``.
     """
 
     def __init__(self, log_density: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  latent_dim: int | None = None, *, prior: GaussianPrior | None = None,
-                 log_likelihood: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        if (log_density is None) == (log_likelihood is None):
-            raise ValueError("Density needs exactly one of log_density or log_likelihood (with a prior)")
+                 log_likelihood: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 residual: Callable[[torch.Tensor], torch.Tensor] | None = None, sigma: float | None = None):
+        if sum(f is not None for f in (log_density, log_likelihood, residual)) != 1:
+            raise ValueError("Density needs exactly one of log_density, log_likelihood or residual (with sigma)")
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
+        if residual is not None:
+            if sigma is None or not (float(sigma) >= 0 and math.isfinite(float(sigma))):
+                raise ValueError(f"sigma must be a finite number >= 0 with residual, got {sigma!r}")
+            self.sigma, self._r = float(sigma), residual
+            log_likelihood = self._residual_loglik
         self.latent_dim = latent_dim
         self._f, self._ell = log_density, log_likelihood
         if prior is None:
             prior = GaussianPrior(torch.zeros(latent_dim), torch.ones(latent_dim))
         self.prior = prior
         self.device, self.dtype = prior.loc.device, prior.loc.dtype
+
+    def _residual_loglik(self, z):
+        r = self._r(z)
+        r = r.unsqueeze(-1) if r.dim() == 1 else r
+        if self.sigma == 0:
+            return torch.full(r.shape[:-1], -math.inf, dtype=r.dtype, device=r.device)
+        return (-0.5 * (r / self.sigma).square() - math.log(self.sigma) - LOG_SQRT_2PI).sum(-1)
+
+    def residual(self, z):
+        """``(r(z) [C, m], {})`` (densities built with ``residual=``)."""
+        if getattr(self, "_r", None) is None:
+            raise AttributeError("this Density has no residual (build it with residual=..., sigma=...)")
+        r = self._r(z)
+        return (r.unsqueeze(-1) if r.dim() == 1 else r), {}
 
     def terms(self, z):
         lp = self.prior.log_prob(z)

@@ -41,11 +41,12 @@ def _spread(num_chains: int, num_draws: int, n: int) -> list[tuple[int, int]]:
     return picks[:n]
 
 
-def image_grid(result, generator=None, *, n: int = 32, cols: int = 8, path=None):
-    """A grid of ``n`` draws (spread over chains and draws), each titled with its two most probable classes."""
+def image_grid(result, generator=None, *, n: int = 32, cols: int = 8, path=None, images=None):
+    """A grid of ``n`` draws (spread over chains and draws), each titled with its two most probable classes.
+    ``images``: the draws already decoded (``[chains, draws, ...]``), else the generator decodes them."""
     healthy = result.healthy_chains
     picks = [(healthy[c], d) for c, d in _spread(len(healthy), result.num_draws, n)]
-    x = result.images(generator)
+    x = result.images(generator) if images is None else images
     rows = math.ceil(len(picks) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(1.35 * cols, 1.55 * rows), squeeze=False)
     for ax in axes.flat:

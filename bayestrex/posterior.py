@@ -53,7 +53,8 @@ class Posterior(LogDensity):
     latent_dim : int, optional
         Taken from ``generator.latent_dim`` when not given.
     sigma : float
-        Standard deviation of the Gaussian relaxation of the level set (Bayes-TrEx uses 0.05).
+        Standard deviation of the Gaussian relaxation of the level set (Bayes-TrEx uses 0.05). ``0`` is the level set
+        itself: only kernels on the level set (``constrained``) can sample it; its ``log_density`` is then -inf.
     prior_loc, prior_scale : tensor or float
         Mean and standard deviation of the Gaussian prior over ``z`` (default N(0, I)). ``prior_loc`` may be
         ``[num_chains, latent_dim]``: one centre per chain (a proximity prior around N data points' codes).
@@ -77,8 +78,9 @@ class Posterior(LogDensity):
             sigma = float(sigma)
         except (TypeError, ValueError):
             raise TypeError(f"sigma must be a positive number, got {sigma!r}") from None
-        if not (sigma > 0 and math.isfinite(sigma)):
-            raise ValueError(f"sigma must be a positive finite number, got {sigma}")
+        if not (sigma >= 0 and math.isfinite(sigma)):
+            raise ValueError(f"sigma must be a positive finite number (or 0: the exact level set, for the kernels "
+                             f"that allow it), got {sigma}")
         if prior is not None:
             for attr in ("log_prob", "sample"):
                 if not callable(getattr(prior, attr, None)):
@@ -202,8 +204,21 @@ class Posterior(LogDensity):
 
     def log_likelihood(self, u: torch.Tensor) -> torch.Tensor:
         """``[C]`` log likelihood ``Σ_j log N(u*_j; u_j, σ²)`` of statistics ``u [C, m]``."""
+        if self.sigma == 0:  # the level set itself: no density with respect to Lebesgue measure
+            return torch.full(u.shape[:-1], -math.inf, dtype=u.dtype, device=u.device)
         w = (u - self.value) / self.sigma
         return (-0.5 * w.square() - math.log(self.sigma) - LOG_SQRT_2PI).sum(-1)
+
+    @property
+    def smooth(self) -> bool:
+        """Whether the target's statistics are differentiable on the level set (see ``Target.smooth``)."""
+        return bool(getattr(self.target, "smooth", True))
+
+    def residual(self, z: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """``(u(z) - u* [C, m], {"probs", "u"})``: how far each code's statistics are from the target (differentiable;
+        the likelihood is ``N(residual; 0, sigma²)``). Kernels on the level set use it."""
+        p, u = self.statistics(z)
+        return u - self.value, {"probs": p, "u": u}
 
     def terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """``(log prior [C], log likelihood [C], {"probs": [C, K], "u": [C, m]})`` of ``z [C, d]``, one forward
@@ -229,49 +244,3 @@ class Posterior(LogDensity):
             return z
 
         return model
-
-    # -- starting points ---------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def initial_points(self, num_chains: int, *, seed: int = 0, candidates: int | None = None, pool: int | None = None,
-                       optimize_steps: int = 200, learning_rate: float = 0.05,
-                       batch_size: int = 4096) -> torch.Tensor:
-        """Distinct starting codes ``[num_chains, d]`` in the posterior's main basin, spread over it.
-
-        1. ``candidates`` prior draws (default ``max(4096, 16 C)``); keep a ``pool`` of them (default ``4 C``) by
-           Gumbel top-k on the likelihood (sampling without replacement with weights ∝ likelihood), so they are
-           near the level set and spread over its modes instead of piled on one point;
-        2. ``optimize_steps`` of Adam on the potential, batched over the pool. A narrow level set (small ``sigma``)
-           has pseudo-modes: local minima of the potential whose density is ``e^-500`` of the level set's. A chain
-           started in one never leaves it (R-hat in the tens), and, for kernels that share a step size, drags the
-           step size of all chains to zero;
-        3. the ``num_chains`` best of the pool by Gumbel top-k on the posterior density.
-
-        Starting points do not bias MCMC; this only keeps chains out of basins that hold no posterior mass. A chain
-        that still starts in one shows up in R-hat (chains disagree) and attainment.
-        """
-        if self.per_chain:
-            raise ValueError("initial_points needs one prior centre for all chains; with a per-chain prior_loc "
-                             "pass init= (e.g. the prior centres themselves)")
-        n = candidates or max(4096, 16 * num_chains)
-        m = min(n, pool or 4 * num_chains)
-        g = torch.Generator().manual_seed(seed)
-        z = self.prior_draws(n, g)
-        loglik = torch.cat([self.log_likelihood(self.statistics(b)[1]) for b in z.split(batch_size)])
-        z = z[_gumbel_top_k(loglik, m, g)]
-        if optimize_steps > 0 and self.differentiable:
-            z = z.clone().requires_grad_(True)
-            opt = torch.optim.Adam([z], lr=learning_rate)
-            for _ in range(optimize_steps):
-                _, grad, _ = self.potential_and_grad(z.detach())
-                z.grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-                opt.step()
-            z = z.detach()
-        log_density = torch.cat([self.log_density(b) for b in z.split(batch_size)])
-        return z[_gumbel_top_k(log_density, num_chains, g)]
-
-
-def _gumbel_top_k(log_weight: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
-    """Indices of ``k`` draws without replacement with probabilities ∝ ``exp(log_weight)`` (NaN counts as -inf)."""
-    log_weight = torch.where(torch.isfinite(log_weight), log_weight, torch.full_like(log_weight, -math.inf))
-    gumbel = -torch.log(-torch.log(torch.rand(len(log_weight), generator=g).clamp_min(1e-12))).to(log_weight)
-    return torch.topk(log_weight + gumbel, k).indices

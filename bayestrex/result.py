@@ -195,6 +195,14 @@ class Result:
         return (f"Result(target={self.target_spec!r}, chains={self.num_chains}, draws={self.num_draws}, "
                 f"attainment={self.attainment:.1%}, failed_chains={sorted(self.failed_chains)}{partial})")
 
+    def report(self, path: str | os.PathLike, generator=None):
+        """Write one self-contained HTML report of this run (:mod:`bayestrex.report`) and return its path.
+        ``generator`` decodes the draws (default: the one sampled with; a loaded result has none, and then the
+        report says so and shows everything but the images)."""
+        from .report import write
+
+        return write(self, path, generators=generator)
+
     # -- files ---------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write the result as netCDF (the DataTree), atomically: readers never see a partial file."""

@@ -12,6 +12,9 @@ from .result import Result
 
 __all__ = ["sample"]
 
+#: at sigma = 0, starting points are chosen on the posterior relaxed to this width, then projected onto the level set
+ZERO_SIGMA_START = 0.05
+
 
 def _positive_int(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -42,7 +45,7 @@ def sample(generator, classifier, target, *, latent_dim: int | None = None, num_
         ``default_warmup``, else 500). For ``smc``, ``num_chains`` is the number of particles and ``warmup`` the
         mutation steps at the posterior after tempering (default 10).
     sigma : float
-        Width of the Gaussian relaxation of the level set (> 0).
+        Width of the Gaussian relaxation of the level set (> 0); ``0`` samples the level set itself (``constrained``).
     kernel : str or kernel object
         A registered name:
 
@@ -76,10 +79,15 @@ def sample(generator, classifier, target, *, latent_dim: int | None = None, num_
         raise ValueError(f"the classifier (or generator) has no gradients (a black box: numpy, scikit-learn, a "
                          f"renderer), but kernel {getattr(kern, 'name', kern)!r} needs them; use a gradient-free "
                          f"kernel: {', '.join(repr(k) for k in free)}")
+    if post.sigma == 0 and not getattr(kern, "allows_zero_sigma", False):
+        raise ValueError(f"sigma=0 is the level set itself, which has no density for kernel {kern.name!r} to sample; "
+                         "use kernel='constrained' (it samples the level set), or a sigma > 0")
     if init is None and getattr(kern, "starts_from_prior", False):  # tempered SMC: its particles start as prior draws
         z0 = post.prior_draws(num_chains, torch.Generator().manual_seed(seed))
-    elif init is None:
-        z0 = post.initial_points(num_chains, seed=seed)
+    elif init is None:  # at sigma = 0 the starting points come from the relaxed posterior; the kernel projects them
+        start = post if post.sigma > 0 else Posterior(generator, classifier, target, latent_dim=latent_dim,
+                                                      sigma=ZERO_SIGMA_START, device=device, **posterior_options)
+        z0 = start.initial_points(num_chains, seed=seed)
     else:
         z0 = torch.as_tensor(init, dtype=post.dtype)
         if z0.shape != (num_chains, post.latent_dim):

@@ -65,6 +65,8 @@ class Target:
     """
 
     spec: str | None = None
+    #: whether the statistics are differentiable on the level set (kernels that move along the level set need it)
+    smooth: bool = True
 
     def __init__(self, *, tolerance: float = 0.05):
         tolerance = float(tolerance)
@@ -161,30 +163,45 @@ class Ambiguous(_Pair):
 
     ``u1 = |p_a - p_b|`` with ``u1* = 0`` and ``u2 = min(p_a, p_b) - max_{k ∉ {a, b}} p_k`` with ``u2* = 0.5``:
     the two classes are tied and together take all the mass.
+
+    Both statistics have a kink exactly on the level set (``|.|`` and ``min`` where ``p_a = p_b``). ``smooth=True``
+    (``"ambiguous:A,B,smooth"``) uses ``u1 = p_a - p_b`` (the same likelihood: only ``u1²`` enters it) and
+    ``u2 = (p_a + p_b) / 2 - max_{k ∉ {a, b}} p_k`` (equal to the other ``u2`` on the level set, differentiable there):
+    the same level set, a slightly different relaxation of it at ``sigma > 0``; the form that kernels moving along
+    the level set (``constrained``) need.
     """
 
     spec = "ambiguous"
+
+    def __init__(self, a: int, b: int, *, smooth: bool = False, tolerance: float = 0.05):
+        super().__init__(a, b, tolerance=tolerance)
+        self.smooth = bool(smooth)
 
     def statistic(self, probs):
         pa, pb = probs[..., self.a], probs[..., self.b]
         others = probs.clone()
         others[..., [self.a, self.b]] = 0.0
-        margin = torch.minimum(pa, pb) - others.amax(dim=-1)
-        return torch.stack([(pa - pb).abs(), margin], dim=-1)
+        top = others.amax(dim=-1)
+        if self.smooth:
+            return torch.stack([pa - pb, 0.5 * (pa + pb) - top], dim=-1)
+        return torch.stack([(pa - pb).abs(), torch.minimum(pa, pb) - top], dim=-1)
 
     def value(self, num_classes):
         return torch.tensor([0.0, 0.5])
 
     def names(self, num_classes):
+        if self.smooth:
+            return [f"diff_{self.a}_{self.b}", f"meanmargin_{self.a}_{self.b}"]
         return [f"absdiff_{self.a}_{self.b}", f"margin_{self.a}_{self.b}"]
 
     @classmethod
     def from_args(cls, args):
-        a, b = _ints(args, 2, "ambiguous:A,B")
-        return cls(a, b)
+        smooth = len(args) == 3 and args[2] == "smooth"
+        a, b = _ints(args[:2] if smooth else args, 2, "ambiguous:A,B[,smooth]")
+        return cls(a, b, smooth=smooth)
 
     def __repr__(self):
-        return f"ambiguous:{self.a},{self.b}"
+        return f"ambiguous:{self.a},{self.b}" + (",smooth" if self.smooth else "")
 
 
 class Boundary(_Pair):
@@ -198,6 +215,7 @@ class Boundary(_Pair):
     """
 
     spec = "boundary"
+    smooth = False  # the violation max(0, ...) has a kink where it meets the level set
 
     def __init__(self, a: int, b: int, *, margin: float = 0.0, tolerance: float = 0.05):
         super().__init__(a, b, tolerance=tolerance)
@@ -244,6 +262,7 @@ class Uniform(Target):
     """Uniform ambiguity over all classes: ``u = max_k p_k - min_k p_k``, ``u* = 0``."""
 
     spec = "uniform"
+    smooth = False  # max - min: kinks wherever two classes tie, which the uniform vector is
 
     def statistic(self, probs):
         return (probs.amax(dim=-1) - probs.amin(dim=-1)).unsqueeze(-1)
@@ -400,7 +419,7 @@ def parse(text: str | Target) -> Target:
     name, _, rest = text.strip().partition(":")
     cls = TARGETS.get(name.strip().lower())
     if cls is None:
-        forms = "high:C, ambiguous:A,B, boundary:A,B[,MARGIN], uniform, graded:A,B,ALPHA, probs:Q0,...,QK-1"
+        forms = "high:C, ambiguous:A,B[,smooth], boundary:A,B[,MARGIN], uniform, graded:A,B,ALPHA, probs:Q0,...,QK-1"
         raise ValueError(f"unknown target {text!r}; expected one of {forms}")
     args = [a.strip() for a in rest.split(",")] if rest.strip() else []
     return cls.from_args(args)

@@ -77,7 +77,8 @@ def tiny_zoo(tmp_path, monkeypatch):
     monkeypatch.setitem(nets.RECIPES, "digits", dict(vae=dict(latent_dim=5, hidden=64, epochs=20, batch_size=128),
                                                       cnn=dict(epochs=8, batch_size=64),
                                                       gan=dict(latent_dim=5, hidden=32, epochs=1)))
-    return ["--dataset", "digits", "--quick", "--quiet", "--threads", "1", "--weights-dir", str(tmp_path / "w"),
+    return ["--dataset", "digits", "--quick", "--quiet", "--threads", "1", "--no-report",
+            "--weights-dir", str(tmp_path / "w"),
             "--out", str(tmp_path / "out")]
 
 
@@ -87,7 +88,7 @@ def _saved(tmp_path, name):
 
 def test_level_sets_study_smoke(tmp_path, tiny_zoo):
     study = _module("level_sets")
-    tables = study.main(tiny_zoo)
+    tables = study.main([a for a in tiny_zoo if a != "--no-report"])
     groups = list(tables)
     assert [r["target"] for r in tables[groups[0]]] == ["high:0", "high:1"]
     assert len(tables[groups[1]]) == 1 and tables[groups[1]][0]["target"].startswith("ambiguous:")
@@ -99,6 +100,20 @@ def test_level_sets_study_smoke(tmp_path, tiny_zoo):
     assert saved["settings"]["chains"] == 4 and saved["tables"]["high confidence"] == tables["high confidence"]
     for fig in ("high", "ambiguous", "graded", "graded-sweep"):
         assert (tmp_path / "out" / "digits" / f"level_sets-{fig}.png").stat().st_size > 1000
+    # the runs are a sweep: one file each, an index, the spec beside the tables, and one report of them all
+    out = tmp_path / "out" / "digits"
+    index = json.loads((out / "runs" / "index.json").read_text())["runs"]
+    assert [r["target"] for r in index] == [r["target"] for rows in tables.values() for r in rows]
+    assert all(r["status"] == "done" and (out / "runs" / r["path"]).is_file() for r in index)
+    assert [r["attainment"] for r in index] == [r["attainment"] for rows in tables.values() for r in rows]
+    from bayestrex.sweeps import load_spec
+
+    assert [r.target for r in load_spec(out / "level_sets-sweep.toml")[1]] == [r["target"] for r in index]
+    assert (out / "level_sets-report.html").read_text().count('<section id="run-') == len(index)
+    # run again (resumed, or after an interruption): nothing is sampled again
+    args = _module("_studies").parser("again").parse_args(tiny_zoo)
+    again = _module("_studies").Study("level_sets", args).prefetch([("vae", "classifier", r["target"]) for r in index])
+    assert again.executed == [] and [r["status"] for r in again.rows()] == ["done"] * len(index)
 
 
 def test_confused_pairs_counts_both_directions():

@@ -8,7 +8,8 @@ import bayestrex as bt
 from bayestrex.cli import main
 
 
-@pytest.mark.parametrize("argv", [[], ["demo"], ["sample"], ["diagnose"], ["train"], ["xgems"], ["cdeepex"]])
+@pytest.mark.parametrize("argv", [[], ["demo"], ["sample"], ["diagnose"], ["train"], ["xgems"], ["cdeepex"], ["sweep"],
+                                  ["report"]])
 def test_help_everywhere(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main([*argv, "--help"])
@@ -78,6 +79,9 @@ def test_demo_samples_targets_in_parallel_processes(tmp_path, capsys):
             assert (out / f"{slug}-{kind}.png").read_bytes()[:4] == b"\x89PNG"
         assert bt.load(out / f"{slug}-result.nc").z.shape == (2, 5, 5)
     assert "| high:0 | chees |" in capsys.readouterr().out
+    page = (out / "report.html").read_text()  # one page with both targets, their draws decoded
+    assert page.count('<section id="run-') == 2 and '<a href="#run-1">graded:1,7,0.3</a>' in page
+    assert page.count("data:image/png") == 2 * 3 + 2 and "no images" not in page
 
 
 def test_train_reads_a_data_root_and_reports_missing_data(tmp_path, monkeypatch, capsys):

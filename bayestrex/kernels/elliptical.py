@@ -30,6 +30,11 @@ __all__ = ["EllipticalSlice", "SliceState", "SliceInfo"]
 REFERENCE_INFLATION = 1.3
 
 
+def slice_level(loglik: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """The slice's height ``log y = log L(z) + log U``, ``U ~ Uniform(0, 1)``, per chain ``[C]``."""
+    return loglik + torch.log(torch.rand(loglik.shape, generator=rng, device=loglik.device, dtype=loglik.dtype))
+
+
 class _Reference(NamedTuple):
     """The Gaussian ``N(loc, L Lᵀ)`` (or ``N(loc, diag(scale²))``) whose ellipses the sampler walks."""
 
@@ -128,7 +133,7 @@ class EllipticalSlice:
             ll, aux = loglik(z)
         C = z.shape[0]
         nu = ref.draw(z.shape, rng, z)
-        log_y = ll + torch.log(torch.rand(C, generator=rng, device=z.device, dtype=z.dtype))
+        log_y = slice_level(ll, rng)
         theta = torch.rand(C, generator=rng, device=z.device, dtype=z.dtype) * 2 * math.pi
         lo, hi = theta - 2 * math.pi, theta.clone()
         f = z - ref.loc

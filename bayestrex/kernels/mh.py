@@ -27,6 +27,12 @@ __all__ = ["MetropolisHastings", "random_walk", "MHInfo"]
 OPTIMAL_RW_ACCEPTANCE = 0.234
 
 
+def metropolis(log_alpha: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """The Metropolis test: ``[C]`` bool, accept with probability ``exp(log_alpha)`` (``log_alpha <= 0``)."""
+    return torch.log(torch.rand(log_alpha.shape, generator=rng, device=log_alpha.device,
+                                dtype=log_alpha.dtype)) < log_alpha
+
+
 def random_walk(scale):
     """A symmetric Gaussian move ``z + scale · ε`` (``scale`` a number, ``[d]`` or ``[C, 1]``)."""
 
@@ -72,7 +78,7 @@ class MetropolisHastings:
         prop, log_q = params["move"](z, rng)
         lp_prop, aux_prop = density.evaluate(prop)
         log_alpha = torch.nan_to_num(lp_prop - lp + log_q, nan=-math.inf).clamp(max=0.0)
-        accept = torch.log(torch.rand(len(z), generator=rng, device=z.device, dtype=z.dtype)) < log_alpha
+        accept = metropolis(log_alpha, rng)
         new = Evaluated(torch.where(accept[:, None], prop, z), torch.where(accept, lp_prop, lp),
                         {k: torch.where(accept.view(-1, *([1] * (v.dim() - 1))), v, state.aux[k])
                          for k, v in aux_prop.items()})

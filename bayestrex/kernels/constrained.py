@@ -1,0 +1,331 @@
+"""Constrained HMC on the lifted level set: a kernel whose cost per effective draw does not grow as sigma shrinks.
+
+Manifold lifting (Au, Graham & Thiery 2020; constrained HMC on differentiable generators: Graham & Storkey 2017).
+The posterior ``π0(z) N(u*; u(z), σ²)`` is the marginal of ``(z, y)`` with ``y ~ N(0, I_m)`` conditioned on the
+constraint ``c(z, y) = u(z) + σ y - u* = 0``: on that d-dimensional manifold of ``R^{d+m}`` the density with respect
+to surface measure is ``π0(z) N(y; 0, I) / sqrt(det(Dc Dcᵀ))``, ``Dc = [J, σ I]``, ``J = ∂u/∂z`` (the co-area
+formula). As σ → 0 the manifold tends to the level set itself (times ``y``) and stays well conditioned
+(``Dc Dcᵀ = J Jᵀ + σ² I``), while the unconstrained posterior becomes a tube of width σ whose curvature makes
+ordinary HMC take steps of size ~σ. ``sigma = 0`` samples the level set exactly: ``π0(z) / sqrt(det(J Jᵀ))``.
+
+Dynamics: the constrained (RATTLE / geodesic) leapfrog with the identity metric in prior-standardised coordinates
+(Lelièvre, Rousset & Stoltz 2019; Mici's ``ConstrainedLeapfrogIntegrator`` and its Newton projection): half momentum
+kick and projection onto the tangent space; a position step ``q + ε p`` pulled back onto the manifold along
+``Dc(q)ᵀ`` by Newton iterations; a reversibility check (the reverse step must return to ``q``; Zappa,
+Holmes-Cerfon & Goodman 2018); another half kick and projection. A projection that does not converge, or that is not
+reversible, rejects the whole trajectory and is counted (``projection_failures`` statistic).
+
+Cost, counted in gradient-equivalents (``n_steps``; a gradient = one forward and one backward pass = 1): one
+evaluation of the potential's gradient needs the Jacobian (``m`` backward passes with their graph) and a backward
+pass through it for the ``log det`` term: ``2 (1 + m)``; a Newton iteration is one forward and ``m`` backward
+passes: ``(1 + m) / 2``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from ..density import GaussianPrior
+from . import register
+from .base import positive, positive_int, probability
+from .tuning import DualAveraging, da_init, da_update
+
+__all__ = ["Constrained", "ConstrainedState", "ConstrainedInfo"]
+
+#: target mean acceptance (constrained HMC in Mici's examples and Au et al. use 0.8)
+TARGET_ACCEPT = 0.8
+#: Newton converges when the constraint's max norm is below this many units of the density's float resolution (a
+#: float32 network's statistics are exact to ~1e-6 at best; a position criterion would amplify that noise by 1/sigma
+#: in y); the reverse step must return within the position tolerance
+CONSTRAINT_TOL_EPS, REVERSE_TOL_EPS = 100, 2000
+MAX_NEWTON = 20
+
+
+class ConstrainedState(NamedTuple):
+    q: torch.Tensor  #: [C, d + m] lifted position in standardised coordinates (x, y), float64
+    z: torch.Tensor  #: [C, d] latent codes (what is recorded)
+    potential: torch.Tensor  #: [C]
+    grad: torch.Tensor  #: [C, d + m]
+    dc: torch.Tensor  #: [C, m, d + m] constraint Jacobian at q
+    aux: dict
+
+
+class ConstrainedInfo(NamedTuple):
+    acceptance_rate: torch.Tensor  #: [C]
+    accepted: torch.Tensor  #: [C] bool
+    diverging: torch.Tensor  #: [C] bool: energy error above 1000 or non-finite
+    projection_failures: torch.Tensor  #: [C] int: steps whose projection failed (trajectory rejected)
+    energy: torch.Tensor  #: [C]
+    n_steps: torch.Tensor  #: [C] gradient-equivalent evaluations
+    step_size: torch.Tensor  #: [C]
+    newton_iterations: torch.Tensor  #: [C] Newton iterations of the projections, reverse checks included
+
+
+class _Lifted:
+    """The lifted system of one density: coordinates, constraint, potential and their derivatives."""
+
+    def __init__(self, density):
+        prior = density.prior
+        if not isinstance(prior, GaussianPrior):
+            raise ValueError("kernel 'constrained' needs the Gaussian prior; a custom prior is sampled with "
+                             "kernel='mh'")
+        if not callable(getattr(density, "residual", None)) or getattr(density, "sigma", None) is None:
+            raise ValueError("kernel 'constrained' needs a density with a Gaussian likelihood of statistics: "
+                             "residual(z) -> u(z) - u* and sigma (a Posterior, or Density(residual=..., sigma=...))")
+        if not getattr(density, "smooth", True):
+            raise ValueError(f"kernel 'constrained' moves along the level set and needs statistics that are smooth "
+                             f"there; target {getattr(density, 'target', '?')!r} has kinks on it (for ambiguous "
+                             f"targets use the smooth form, e.g. 'ambiguous:3,8,smooth')")
+        if not density.untempered:
+            raise ValueError("kernel 'constrained' samples the posterior itself (beta = 1), not a tempered density")
+        self.density, self.prior = density, prior
+        self.sigma = float(density.sigma)
+        self.d = density.latent_dim
+        eps = torch.finfo(density.dtype).eps
+        self.tol_c, self.tol_rev = CONSTRAINT_TOL_EPS * eps, REVERSE_TOL_EPS * eps
+
+    def z_of(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.prior.loc + self.prior.scale * x.to(self.prior.scale.dtype)).to(self.density.dtype)
+
+    def x_of(self, z: torch.Tensor) -> torch.Tensor:
+        return ((z - self.prior.loc) / self.prior.scale).double()
+
+    def constraint(self, q: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """``c(q) = u(z) - u* + σ y`` ``[C, m]`` (float64) and the by-products of the forward pass."""
+        with torch.no_grad():
+            r, aux = self.density.residual(self.z_of(q[:, : self.d]))
+        c = r.double()
+        if self.sigma > 0:
+            c = c + self.sigma * q[:, self.d:]
+        return c, aux
+
+    def jacobian(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(c [C, m], Dc [C, m, D])`` at ``q`` (float64): one forward pass and ``m`` backward passes."""
+        d, s = self.d, self.sigma
+        x = q[:, :d].detach().to(self.density.dtype).requires_grad_(True)
+        with torch.enable_grad():
+            r, _ = self.density.residual(self.z_of(x))
+            m = r.shape[-1]
+            J = torch.stack([torch.autograd.grad(r[:, j].sum(), x, retain_graph=j < m - 1)[0] for j in range(m)], 1)
+        J, c = J.double(), r.detach().double()
+        if s > 0:
+            c = c + s * q[:, d:]
+            J = torch.cat([J, s * torch.eye(m, dtype=J.dtype, device=J.device).expand(len(q), m, m)], -1)
+        return c, J
+
+    def evaluate(self, q: torch.Tensor):
+        """``(U [C], ∇U [C, D], Dc [C, m, D], c [C, m], aux)`` at ``q``: one forward pass, the Jacobian with its graph,
+        and the gradient of ``U = |x|²/2 + |y|²/2 + log det(Dc Dcᵀ)/2``."""
+        d, s = self.d, self.sigma
+        x = q[:, :d].detach().to(self.density.dtype).requires_grad_(True)
+        with torch.enable_grad():
+            r, aux = self.density.residual(self.z_of(x))
+            m = r.shape[-1]
+            J = torch.stack([torch.autograd.grad(r[:, j].sum(), x, create_graph=True, retain_graph=True)[0]
+                             for j in range(m)], 1)  # [C, m, d]
+            G = J @ J.mT
+            if s > 0:
+                G = G + s * s * torch.eye(m, dtype=G.dtype, device=G.device)
+            logdet = torch.linalg.cholesky_ex(G.double())[0].diagonal(dim1=-2, dim2=-1).log().sum(-1) * 2
+            U = 0.5 * x.double().square().sum(-1) + 0.5 * logdet
+            (gx,) = torch.autograd.grad(U.sum(), x)
+        y = q[:, d:]
+        U = U.detach() + 0.5 * y.square().sum(-1)
+        J = J.detach().double()
+        if s > 0:
+            dc = torch.cat([J, s * torch.eye(m, dtype=J.dtype, device=J.device).expand(len(q), m, m)], -1)
+            grad = torch.cat([gx.double(), y], -1)
+        else:
+            dc, grad = J, gx.double()
+        c = r.detach().double() + (s * y if s > 0 else 0.0)
+        lik = -0.5 * (r.detach().double() / s).square().sum(-1) - m * (math.log(s) + 0.5 * math.log(2 * math.pi)) \
+            if s > 0 else torch.full((len(q),), math.nan, dtype=torch.float64)
+        aux = {k: v.detach() for k, v in aux.items()} | {"log_likelihood": lik.to(self.density.dtype)}
+        bad = ~(torch.isfinite(U) & torch.isfinite(grad).all(-1))
+        U = torch.where(bad, torch.full_like(U, math.inf), U)
+        return U, grad, dc, c, aux, 2 * (1 + m)
+
+
+def acceptance(h0: torch.Tensor, h1: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """Metropolis acceptance ``min(1, exp(h0 - h1))`` ``[C]``; 0 where the trajectory failed (``ok`` False)."""
+    log_acc = torch.where(ok & torch.isfinite(h1), h0 - h1, torch.full_like(h1, -math.inf)).clamp(max=0.0)
+    return log_acc.exp().nan_to_num(nan=0.0)
+
+
+def _gram_solve(dc: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``(Dc Dcᵀ)⁻¹ v`` for ``v [C, m]``."""
+    G = dc @ dc.mT
+    return torch.linalg.solve(G, v.unsqueeze(-1)).squeeze(-1)
+
+
+def _tangent(dc: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Project ``p [C, D]`` onto the tangent space ``{v : Dc v = 0}``."""
+    return p - (dc.mT @ _gram_solve(dc, (dc @ p.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)).squeeze(-1)
+
+
+def _retract(system: _Lifted, q, p, eps, dc, active):
+    """The position step ``q' = q + ε (p - Dc(q)ᵀ λ)`` with ``c(q') = 0``: Newton's method on ``λ``, each iteration
+    ``q' ← q' - Dc(q)ᵀ (Dc(q') Dc(q)ᵀ)⁻¹ c(q')`` with the Jacobian at the iterate (one forward and ``m`` backward
+    passes; quadratic convergence, where the chord method that keeps ``Dc(q)`` stalls on a curved network level set).
+    Returns ``(q', p', converged [C], iterations [C])`` with ``p' = (q' - q) / ε``."""
+    e = eps.unsqueeze(-1)
+    qn = q + e * p
+    done = ~active
+    ok = torch.zeros_like(active)
+    iterations = torch.zeros(len(q), dtype=torch.long)
+    for _ in range(MAX_NEWTON):
+        c, dcn = system.jacobian(qn)
+        iterations += (~done).long().cpu()
+        lam = torch.linalg.solve(dcn @ dc.mT, c.unsqueeze(-1))
+        step = (dc.mT @ lam).squeeze(-1)
+        finite = torch.isfinite(c).all(-1) & torch.isfinite(step).all(-1)
+        conv = finite & (c.abs().amax(-1) < system.tol_c)
+        ok |= conv & ~done
+        done |= conv | ~finite | (c.abs().amax(-1) > 1e8)
+        if bool(done.all()):
+            break
+        qn = torch.where(done.unsqueeze(-1), qn, qn - step)
+    return qn, (qn - q) / e, ok & active, iterations
+
+
+@register("constrained")
+class Constrained:
+    """Constrained HMC on the lifted level set (see the module docstring).
+
+    Parameters
+    ----------
+    trajectory_length : float
+        Integration time in prior-standardised units, jittered as ``u · T`` per iteration (shared by the chains).
+    target_accept : float
+        Dual averaging of the shared step size toward this mean acceptance (failed projections count as 0).
+    max_steps : int
+        Cap on leapfrog steps per iteration.
+    initial_step_size : float
+        Where dual averaging starts.
+    """
+
+    name = "constrained"
+    summary = ("constrained HMC on the lifted level set (manifold lifting): steps along the level set, cost flat "
+               "as sigma shrinks; sigma = 0 samples the level set itself")
+    needs_gradients = True
+    recorded = ("acceptance_rate", "accepted", "diverging", "projection_failures", "energy", "n_steps", "step_size",
+                "newton_iterations")
+    allows_zero_sigma = True
+
+    def __init__(self, *, trajectory_length: float = math.pi, target_accept: float = TARGET_ACCEPT,
+                 max_steps: int = 64, initial_step_size: float = 0.3):
+        self.trajectory_length = positive("trajectory_length", trajectory_length)
+        self.target_accept = probability("target_accept", target_accept)
+        self.max_steps = positive_int("max_steps", max_steps)
+        self.initial_step_size = positive("initial_step_size", initial_step_size)
+
+    def init(self, density, z0, rng) -> ConstrainedState:
+        system = _Lifted(density)
+        x = system.x_of(z0)
+        if system.sigma > 0:  # y = -(u(z) - u*) / sigma puts every chain on the manifold exactly
+            r, _ = density.residual(z0)
+            q = torch.cat([x, -r.detach().double() / system.sigma], -1)
+        else:  # pull the starting points onto the level set: Gauss-Newton, minimum-norm steps
+            q = x
+            for _ in range(MAX_NEWTON):
+                _, _, dc, c, _, _ = system.evaluate(q)
+                if bool((c.abs().amax(-1) < system.tol_c).all()):
+                    break
+                q = q - (dc.mT @ _gram_solve(dc, c).unsqueeze(-1)).squeeze(-1)
+        U, grad, dc, c, aux, _ = system.evaluate(q)
+        bad = ~torch.isfinite(U) | (c.abs().amax(-1) > 1e-4)
+        if bad.any():
+            raise ValueError(f"init: chains {torch.nonzero(bad).flatten().tolist()} could not be placed on the level "
+                             "set (non-finite density or no projection); start them nearer the target")
+        return ConstrainedState(q, system.z_of(q[:, : system.d]), U, grad, dc, aux)
+
+    def step(self, density, state: ConstrainedState, params: dict, rng) -> tuple[ConstrainedState, ConstrainedInfo]:
+        system = _Lifted(density)
+        C = len(state.q)
+        eps = torch.full((C,), params["step_size"], dtype=torch.float64, device=state.q.device)
+        n = params["num_steps"]
+        p = _tangent(state.dc, torch.randn(state.q.shape, generator=rng, dtype=torch.float64,
+                                           device=state.q.device))
+        h0 = state.potential + 0.5 * p.square().sum(-1)
+        q, U, grad, dc, aux = state.q, state.potential, state.grad, state.dc, state.aux
+        active = torch.ones(C, dtype=torch.bool, device=q.device)
+        failures = torch.zeros(C, dtype=torch.long)
+        cost = torch.zeros(C)
+        newton = torch.zeros(C, dtype=torch.long)
+        diverging = torch.zeros(C, dtype=torch.bool, device=q.device)
+        for _ in range(n):
+            p = _tangent(dc, p - 0.5 * eps.unsqueeze(-1) * grad)
+            q1, p1, ok, it = _retract(system, q, p, eps, dc, active)
+            newton += it
+            U1, g1, dc1, _, aux1, c_eval = system.evaluate(torch.where(ok.unsqueeze(-1), q1, q))
+            p1 = _tangent(dc1, p1)
+            # reversibility: the reverse position step from (q1, -p1) must land back on q
+            qr, _, okr, itr = _retract(system, q1, -p1, eps, dc1, ok)
+            newton += itr
+            rev = okr & ((qr - q).abs().amax(-1) < system.tol_rev)
+            p1 = _tangent(dc1, p1 - 0.5 * eps.unsqueeze(-1) * g1)
+            h = U1 + 0.5 * p1.square().sum(-1)
+            div = active & rev & (~torch.isfinite(h) | (h - h0 > 1000.0))
+            failed = active & ~rev
+            failures += failed.long().cpu()
+            diverging |= div
+            active = active & rev & ~div
+            cost += float(c_eval)
+            keep = active.unsqueeze(-1)
+            q, p, grad = torch.where(keep, q1, q), torch.where(keep, p1, p), torch.where(keep, g1, grad)
+            dc = torch.where(keep.unsqueeze(-1), dc1, dc)
+            U = torch.where(active, U1, U)
+            aux = {k: torch.where(active.view(-1, *([1] * (v.dim() - 1))), v, aux[k]) for k, v in aux1.items()}
+        cost += 0.5 * (1 + dc.shape[1]) * newton.float()
+        h1 = U + 0.5 * p.square().sum(-1)
+        accept_prob = acceptance(h0, h1, active)
+        accepted = torch.rand(C, generator=rng, dtype=torch.float64, device=q.device) < accept_prob
+        a = accepted.unsqueeze(-1)
+        new = ConstrainedState(torch.where(a, q, state.q), torch.where(a, system.z_of(q[:, : system.d]), state.z),
+                               torch.where(accepted, U, state.potential), torch.where(a, grad, state.grad),
+                               torch.where(a.unsqueeze(-1), dc, state.dc),
+                               {k: torch.where(accepted.view(-1, *([1] * (v.dim() - 1))), v, state.aux[k])
+                                for k, v in aux.items()})
+        return new, ConstrainedInfo(accept_prob.float(), accepted, diverging, failures, h0.float(),
+                                    cost.round().long(), eps.float(), newton)
+
+    def adaptation(self, density, z0, num_warmup):
+        return _StepSize(self)
+
+
+class _StepState(NamedTuple):
+    log_eps: float
+    da: DualAveraging
+
+
+class _StepSize:
+    """One step size for all chains, by dual averaging on their mean acceptance; a trajectory ``u · T`` jittered
+    per iteration (``u`` uniform on (0, 1], shared: no chain idles)."""
+
+    def __init__(self, kernel: Constrained):
+        self.k = kernel
+
+    def init(self, state, num_warmup):
+        log_eps = math.log(self.k.initial_step_size)
+        return _StepState(log_eps, da_init(math.log(10) + log_eps))
+
+    def parameters(self, a: _StepState, it, rng):
+        u = 1.0 - float(torch.rand((), generator=rng))
+        eps = math.exp(a.log_eps)
+        return {"step_size": eps, "num_steps": min(self.k.max_steps, max(1, math.ceil(u * self.k.trajectory_length
+                                                                                          / eps)))}
+
+    def update(self, a: _StepState, it, previous, state, info: ConstrainedInfo, params):
+        da = da_update(a.da, self.k.target_accept - float(info.acceptance_rate.mean()))
+        return _StepState(float(da.x), da)
+
+    def final(self, a: _StepState):
+        return a._replace(log_eps=float(a.da.x_avg)) if a.da.t > 0 else a
+
+    def describe(self, a: _StepState) -> dict:
+        eps = math.exp(a.log_eps)
+        return dict(step_size=eps, trajectory_length=self.k.trajectory_length,
+                    leapfrog_steps=min(self.k.max_steps, max(1, math.ceil(self.k.trajectory_length / eps))))

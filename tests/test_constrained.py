@@ -1,0 +1,107 @@
+"""Constrained HMC on the lifted level set, against closed forms: a linear statistic of a Gaussian at any sigma, its
+sigma -> 0 limit (the Gaussian restricted to an affine subspace), a circle under an anisotropic prior (quadrature in
+the angle) and a sphere in 5-d (uniform by symmetry); with the accept step removed it must fail."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from checks import check_gaussian, check_mean
+
+import bayestrex as bt
+from bayestrex.density import Density, GaussianPrior
+from bayestrex.driver import run
+from bayestrex.kernels.constrained import Constrained
+
+A = torch.tensor([[1.0, 0.5, -0.3], [0.2, -1.0, 0.4]])
+Y = torch.tensor([1.2, -0.4])
+
+
+def linear_case(sigma: float, chains: int = 32, samples: int = 300):
+    """u(z) = A z (2 statistics, 3 latents), prior N(0, I): the posterior is N(Aᵀ(AAᵀ + σ²I)⁻¹ y, I - Aᵀ(AAᵀ + σ²I)⁻¹A)
+    for every sigma >= 0 (at 0: the Gaussian restricted to the line A z = y)."""
+    dens = Density(latent_dim=3, prior=GaussianPrior(torch.zeros(3), torch.ones(3)), residual=lambda z: z @ A.T - Y,
+                   sigma=sigma)
+    z0 = torch.randn(chains, 3, generator=torch.Generator().manual_seed(0))
+    draws = run(Constrained(), dens, z0, num_samples=samples, warmup=100, seed=1, progress=False)
+    Ad, Yd = A.double(), Y.double()
+    inner = torch.linalg.inv(Ad @ Ad.T + sigma**2 * torch.eye(2, dtype=torch.float64))
+    return draws, Ad.T @ inner @ Yd, torch.eye(3, dtype=torch.float64) - Ad.T @ inner @ Ad
+
+
+@pytest.mark.parametrize("sigma", [0.1, 0.001])
+def test_linear_statistic_of_a_gaussian_at_any_sigma(sigma):
+    draws, mean, cov = linear_case(sigma)
+    check_gaussian(draws.z, mean, cov, min_ess=2000)
+    assert draws.stats["projection_failures"].sum() == 0  # a linear constraint projects exactly, reversibly
+
+
+def test_the_sigma_zero_limit_is_the_gaussian_on_an_affine_subspace():
+    draws, mean, cov = linear_case(0.0)
+    z = draws.z.double()
+    assert (z @ A.double().T - Y.double()).abs().max() < 1e-4  # every draw on the line
+    # the posterior is one-dimensional along the null space of A: check it there, where it is N(., 1)
+    n = torch.linalg.svd(A.double(), full_matrices=True).Vh[-1]
+    t = (z - mean) @ n
+    check_gaussian(t[..., None], torch.zeros(1), torch.ones(1), min_ess=2000)
+    assert torch.allclose(cov, torch.outer(n, n), atol=1e-10)
+
+
+def test_cost_per_draw_does_not_grow_as_sigma_shrinks():
+    """The point of the kernel: its step size (and so the gradient-equivalents per draw) stays put from sigma 0.1 to
+    1e-4, where HMC's step would have to shrink with sigma."""
+    sizes = {s: linear_case(s, chains=16, samples=50)[0].info["step_size"] for s in (0.1, 1e-4)}
+    assert 0.5 < sizes[1e-4] / sizes[0.1] < 2, sizes
+
+
+def test_circle_under_an_anisotropic_prior_matches_quadrature():
+    """u(z) = |z| = 1.5 exactly (sigma = 0), prior N(0, diag(1, 4)): on the circle z = 1.5 (cos t, sin t) the density
+    is prior / |grad u| = prior (|grad |z|| = 1), so t has density ∝ exp(-1.125 (cos² t + sin² t / 4))."""
+    dens = Density(latent_dim=2, prior=GaussianPrior(torch.zeros(2), torch.tensor([1.0, 2.0])),
+                   residual=lambda z: z.norm(dim=-1) - 1.5, sigma=0.0)
+    z0 = torch.randn(32, 2, generator=torch.Generator().manual_seed(2))
+    draws = run(Constrained(), dens, z0, num_samples=300, warmup=100, seed=3, progress=False)
+    z = draws.z.double()
+    assert ((z.norm(dim=-1) - 1.5).abs() < 1e-4).all()
+    t = np.linspace(-np.pi, np.pi, 200_001)
+    w = np.exp(-1.125 * (np.cos(t) ** 2 + np.sin(t) ** 2 / 4))
+    w /= w.sum()
+    feats = [np.cos(2 * t), np.sin(t) ** 2 * np.sign(np.cos(t))]
+    mean = torch.tensor([(w * f).sum() for f in feats])
+    var = torch.tensor([(w * f**2).sum() for f in feats]) - mean**2
+    angle = torch.atan2(z[..., 1], z[..., 0])
+    x = torch.stack([torch.cos(2 * angle), torch.sin(angle) ** 2 * torch.sign(torch.cos(angle))], -1)
+    check_mean(x, mean, var, min_ess=1500)
+
+
+def test_sphere_in_5d_is_uniform():
+    """u(z) = |z| = 2, isotropic prior: uniform on the sphere, E[z_i] = 0, E[z_i²] = 4 / 5, Var(z_i²) = 2 · 16/35."""
+    dens = Density(latent_dim=5, prior=GaussianPrior(torch.zeros(5), torch.ones(5)),
+                   residual=lambda z: z.norm(dim=-1) - 2.0, sigma=0.0)
+    z0 = torch.randn(32, 5, generator=torch.Generator().manual_seed(4))
+    draws = run(Constrained(), dens, z0, num_samples=200, warmup=100, seed=5, progress=False)
+    z = draws.z.double()
+    check_mean(z, torch.zeros(5), torch.full((5,), 0.8), min_ess=1500)
+    # on the sphere of radius r in 5-d: E[z_i⁴] = 3 r⁴ / 35, so Var(z_i²) = 3·16/35 - 0.64
+    check_mean(z**2, torch.full((5,), 0.8), torch.full((5,), 48 / 35 - 0.64), min_ess=1500)
+
+
+def test_without_its_accept_step_the_kernel_fails(monkeypatch):
+    import bayestrex.kernels.constrained as constrained
+
+    monkeypatch.setattr(constrained, "acceptance", lambda h0, h1, ok: ok.double())  # every finished trajectory kept
+    with pytest.raises(AssertionError):  # the energy error of the adapted (now too large) steps biases the draws
+        draws, mean, cov = linear_case(0.1, samples=300)
+        check_gaussian(draws.z, mean, cov, min_ess=2000)
+
+
+def test_sample_refuses_sigma_zero_for_other_kernels_and_runs_it_with_constrained():
+    vae, clf = bt.nets.pretrained("digits", progress=False)
+    with pytest.raises(ValueError, match="sigma=0 is the level set itself.*kernel='constrained'"):
+        bt.sample(vae.decoder, clf, "high:0", sigma=0.0, kernel="chees", num_chains=2, num_samples=2, progress=False)
+    r = bt.sample(vae.decoder, clf, "ambiguous:3,8", sigma=0.0, kernel="constrained", num_chains=4, num_samples=3,
+                  warmup=3, progress=False)
+    u = r.u
+    assert (u - torch.tensor([0.0, 0.5])).abs().max() < 1e-4  # every draw exactly on the level set
+    assert math.isnan(float(r.log_likelihood[0, 0]))  # no density at sigma = 0
