@@ -164,12 +164,15 @@ class Study:
                        mass_se=float(f"{mass['mass_se']:.2g}"), stages=len(result.groups["smc"]["beta"]))
         return row
 
-    def write(self, tables: dict[str, list[dict]], extra: dict | None = None) -> str:
-        """Write ``<name>.md`` (one section per table) and ``<name>.json`` atomically; return the markdown."""
+    def write(self, tables: dict[str, list[dict]], extra: dict | None = None, settings: dict | None = None) -> str:
+        """Write ``<name>.md`` (one section per table) and ``<name>.json`` atomically; return the markdown.
+        ``settings`` override or add to the recorded settings (a value of None drops one, e.g. ``max_steps`` for a
+        study that does not use ChEES)."""
         a = self.args
-        settings = dict(dataset=a.dataset, kernel=a.kernel, chains=a.chains, warmup=a.warmup, samples=a.samples,
-                        sigma=a.sigma, max_steps=a.max_steps, seed=a.seed, quick=a.quick,
-                        seconds=round(time.perf_counter() - self.t0, 1))
+        settings = {k: v for k, v in dict(dict(dataset=a.dataset, kernel=a.kernel, chains=a.chains, warmup=a.warmup,
+                                                samples=a.samples, sigma=a.sigma, max_steps=a.max_steps, seed=a.seed,
+                                                quick=a.quick), **(settings or {})).items() if v is not None}
+        settings.setdefault("seconds", round(time.perf_counter() - self.t0, 1))  # kept when given (a re-scored run)
         parts = [f"# {self.name} — {a.dataset}", "", "Settings: " + ", ".join(f"{k} {v}" for k, v in settings.items())]
         for title, rows in tables.items():
             parts += ["", f"## {title}", "", markdown_table(rows) if rows else "(none)"]
@@ -219,6 +222,17 @@ def top2_titles(probs: torch.Tensor, classes=None) -> list[str]:
 def predict(classifier, images: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """Softmax probabilities ``[N, K]`` of ``images [N, ...]``, in batches."""
     return torch.cat([classifier(x).softmax(-1) for x in images.split(batch_size)])
+
+
+def intervention_examples(study: Study, shown: list, title: str) -> None:
+    """The study's ``examples`` figure of interventions: ``shown`` rows ``(label, x, from_g, from_codes, from_new,
+    minimal)`` (see ``bayestrex.intervention.pictures``), each labelled with its changed latents and top class."""
+    from bayestrex.intervention import describe
+
+    if shown:
+        bt.plots.intervention(*(torch.stack([row[j] for row in shown]) for j in range(1, 5)),
+                              labels=[f"{row[0]}\n{describe(row[5], study.class_names)}" for row in shown],
+                              path=study.figure("examples"), title=title)
 
 
 def cached_model(path: Path, train):

@@ -48,6 +48,20 @@ def has_square(x: torch.Tensor) -> torch.Tensor:
     return x[..., rows, cols].flatten(1).mean(1) >= 0.25
 
 
+def classifiers(study: Study, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple:
+    """``(biased, unbiased)``: CNNs trained with the dataset's recipe on ``x`` with the square on every 8, and on
+    10% of the images whatever their class (drawn from ``g``); cached in ``<out>/<dataset>/bias-models/``."""
+    cnn, progress = dict(nets.RECIPES[study.args.dataset]["cnn"]), not study.args.quiet
+    models = study.out / "bias-models"
+    biased = cached_model(models / "biased.pt", lambda: (
+        nets.train_classifier(add_square(x, y == BIASED_CLASS), y, **cnn, progress=progress),
+        dict(square="every 8")))
+    unbiased = cached_model(models / "unbiased.pt", lambda: (
+        nets.train_classifier(add_square(x, torch.rand(len(x), generator=g) < 0.1), y, **cnn, progress=progress),
+        dict(square="10% of images, any class")))
+    return biased, unbiased
+
+
 def main(argv=None) -> dict:
     p = parser("xGEMs confounding metric on biased MNIST (a square on every training 8)")
     p.add_argument("--per-class", type=int, default=40, help="test inputs walked per class (default 40)")
@@ -55,24 +69,13 @@ def main(argv=None) -> dict:
     if args.quick:
         args.per_class = min(args.per_class, 3)
     study = Study("bias", args)
-    recipe = nets.RECIPES[args.dataset]
     x, y = study.data("train")
     xt, yt = study.data("test")
     g = torch.Generator().manual_seed(0)
-    cnn, vae_recipe, progress = dict(recipe["cnn"]), dict(recipe["vae"]), not args.quiet
-    models = study.out / "bias-models"
-
-    def square_at_random(share):
-        return add_square(x, torch.rand(len(x), generator=g) < share)
-
-    biased = cached_model(models / "biased.pt", lambda: (
-        nets.train_classifier(add_square(x, y == BIASED_CLASS), y, **cnn, progress=progress),
-        dict(square="every 8")))
-    unbiased = cached_model(models / "unbiased.pt", lambda: (
-        nets.train_classifier(square_at_random(0.1), y, **cnn, progress=progress),
-        dict(square="10% of images, any class")))
-    vae = cached_model(models / "vae-squares.pt", lambda: (
-        nets.train_vae(square_at_random(0.5), **vae_recipe, progress=progress),
+    biased, unbiased = classifiers(study, x, y, g)
+    vae = cached_model(study.out / "bias-models" / "vae-squares.pt", lambda: (
+        nets.train_vae(add_square(x, torch.rand(len(x), generator=g) < 0.5), **nets.RECIPES[args.dataset]["vae"],
+                       progress=not args.quiet),
         dict(square="50% of images, any class")))
 
     clean8 = xt[yt == BIASED_CLASS]

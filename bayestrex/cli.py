@@ -1,5 +1,5 @@
 """The ``bayestrex`` command: ``demo``, ``sample``, ``diagnose``, ``train``, ``sbc``, ``xgems``, ``cdeepex``,
-``sweep``, ``report``. Thin: it calls the library."""
+``intervene``, ``sweep``, ``report``. Thin: it calls the library."""
 
 from __future__ import annotations
 
@@ -268,6 +268,59 @@ def cmd_cdeepex(args) -> int:
     return 0
 
 
+def cmd_intervene(args) -> int:
+    import torch
+
+    import bayestrex as bt
+
+    from . import intervention as iv
+    from .io import write_json
+
+    torch.set_num_threads(args.threads)
+    get = lambda name: bt.nets.get(args.dataset, name, directory=args.weights_dir,  # noqa: E731
+                                   data_root=args.data_root, progress=not args.quiet)
+    images, labels = bt.data.load(args.dataset, "test", root=args.data_root)
+    if not 0 <= args.index < len(images):
+        raise ValueError(f"--index must be in [0, {len(images) - 1}] (the {args.dataset} test split), got {args.index}")
+    names = bt.data.CLASS_NAMES[args.dataset]
+    target = args.to if args.target is None else args.target
+    if args.target is None and not 0 <= args.to < len(names):
+        raise ValueError(f"--to must be a class index in [0, {len(names) - 1}], got {args.to}")
+    clf, dvae, explainer = get("classifier"), get("dvae"), get("explainer")
+    g, h = bt.nets.split(clf, dvae.meta["layer"])
+    x = images[args.index:args.index + 1]
+    with torch.no_grad():
+        activation = g(x)
+        predicted = int(clf(x).argmax(-1))
+    codes = dvae.encode(activation)[0]
+    res = iv.intervene(dvae, h, codes, target, flip_prob=args.flip_prob, sigma=args.sigma, num_chains=args.chains,
+                       num_samples=args.samples, warmup=args.warmup, seed=args.seed, max_radius=args.max_radius,
+                       progress=not args.quiet)
+    shown = ([dict(res.minimal, share=None)] if res.minimal else []) + res.distinct(3)
+    slug = f"to-{args.to}" if args.target is None else args.target.replace(":", "-").replace(",", "-")
+    out = Path(args.out) if args.out else Path("intervene-output") / f"{args.dataset}-{args.index}-{slug}"
+    if shown:
+        from_g, from_c, from_new = iv.pictures(dvae, explainer, activation, codes, [a["codes"] for a in shown])
+        rows = [("minimal" if a["share"] is None else f"draw ({a['share']:.0%} of hits)") + "\n"
+                + iv.describe(a, names) for a in shown]
+        bt.plots.intervention(x.expand(len(shown), *x.shape[1:]), from_g, from_c, from_new, labels=rows,
+                              path=out / "intervention.png", title=f"{args.dataset} test #{args.index} "
+                              f"(predicted {names[predicted]}) -> {res.result.target_spec}")
+    bt.plots.concepts(res.change_frequency()[None].nan_to_num(0).numpy(), row_labels=[res.result.target_spec],
+                      path=out / "intervention-latents.png",
+                      title="share of the posterior draws reaching the target that change each latent")
+    res.result.save(out / "result.nc")
+    numbers = dict(dataset=args.dataset, index=args.index, label=int(labels[args.index]), predicted=predicted,
+                   layer=dvae.meta["layer"], dvae={k: v for k, v in dvae.meta.items() if k.startswith("test_")},
+                   **res.record(), top_draws=res.distinct(3), flip_prob=args.flip_prob,
+                   chains=args.chains, samples=args.samples, warmup=args.warmup, sigma=args.sigma, seed=args.seed,
+                   seconds=res.result.info.get("seconds"))
+    write_json(numbers, out / "intervention.json")
+    print(json.dumps({k: numbers[k] for k in ("label", "predicted", "target", "minimal", "diagnostics")}, indent=2))
+    print(f"wrote intervention.png, intervention-latents.png, intervention.json and result.nc to {out}/")
+    return 0
+
+
 def cmd_sbc(args) -> int:
     """Simulation-based calibration of one kernel on one statistic: ranks, ECDF figure, verdict."""
 
@@ -487,6 +540,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outer", type=int, default=100, help="outer (multiplier) iterations (default: 100)")
     p.add_argument("--inner", type=int, default=30, help="gradient steps per outer iteration (default: 30)")
     p.set_defaults(func=cmd_cdeepex)
+
+    p = sub.add_parser("intervene", help="interventions on a hidden layer's discrete codes that move the class",
+                       description="Encode a test input's hidden activations (the zoo classifier's last hidden layer) "
+                                   "with the zoo's discrete VAE, sample codes close to them that the rest of the "
+                                   "classifier assigns to --to (MH, Gibbs moves), find the minimal intervention; "
+                                   "write intervention.png (images decoded from g(x), dec(c), dec(c'), and the "
+                                   "difference), intervention-latents.png, intervention.json and result.nc.")
+    p.add_argument("--dataset", default="digits", help="digits, mnist or fashion-mnist (default: digits)")
+    p.add_argument("--index", type=int, default=0, help="index into the dataset's test split (default: 0)")
+    goal = p.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--to", type=int, help="the class to move the input to (target high:B,log)")
+    goal.add_argument("--target", help="any target instead, e.g. ambiguous:3,8")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: intervene-output/<dataset>-<index>-to-<B>, or -<target>)")
+    p.add_argument("--chains", type=int, default=8, help="chains (default: 8)")
+    p.add_argument("--samples", type=int, default=1000, help="kept draws per chain (default: 1000)")
+    p.add_argument("--warmup", type=int, default=500, help="warmup iterations per chain (default: 500)")
+    p.add_argument("--flip-prob", type=float, default=0.05,
+                   help="prior probability that a latent changes (default: 0.05)")
+    p.add_argument("--sigma", type=float, default=0.05, help="likelihood width (default: 0.05)")
+    p.add_argument("--max-radius", type=int, default=2,
+                   help="Hamming radius of the exact search for the minimal intervention (default: 2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--weights-dir", default=None, help="folder of model weights (default: models/ or the cache)")
+    p.add_argument("--data-root", default=None, help="mnist, fashion-mnist: folder of IDX files")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_intervene)
 
     p = sub.add_parser("sweep", help="run a grid of runs from a TOML spec into a sweep folder (resumable)",
                        description="Run every (dataset, generator, classifier, target, kernel, sigma, seed) run of "

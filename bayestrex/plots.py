@@ -17,7 +17,8 @@ import torch  # noqa: E402
 
 from .io import atomic_path  # noqa: E402
 
-__all__ = ["image_grid", "statistic_hist", "trace", "montage", "contrastive", "walk", "save"]
+__all__ = ["image_grid", "statistic_hist", "trace", "montage", "contrastive", "walk", "intervention", "concepts",
+           "save"]
 
 
 def save(fig, path) -> None:
@@ -141,6 +142,16 @@ def _gray(img: torch.Tensor) -> np.ndarray:
     return (img[0] if img.dim() == 3 else img).clamp(0, 1).numpy()
 
 
+def _image_row(axes, images, titles=None, fontsize: int = 8) -> None:
+    """Gray or RGB arrays ``images`` in a row of ``axes`` without ticks, titled with ``titles`` when given."""
+    for j, (ax, img) in enumerate(zip(axes, images)):
+        ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if titles is not None:
+            ax.set_title(titles[j], fontsize=fontsize)
+
+
 def contrastive(x, boundary, explanation, *, labels=None, path=None, title: str | None = None):
     """CDeepEx's figure, one row per input: the input, the boundary point, and the explanation
     ``G(z0) - G(z_e)`` drawn over the faded input in red (ink the input has and the boundary point lacks) and blue
@@ -149,16 +160,8 @@ def contrastive(x, boundary, explanation, *, labels=None, path=None, title: str 
     fig, axes = plt.subplots(n, 3, figsize=(4.2, 1.45 * n), squeeze=False)
     scale = float(explanation.abs().max().clamp_min(1e-6))
     for i in range(n):
-        base = _gray(x[i]) * 0.35
-        e = explanation[i].detach().cpu() / scale  # in [-1, 1]
-        e = (e[0] if e.dim() == 3 else e).numpy()
-        rgb = np.stack([base + np.clip(e, 0, None), base, base + np.clip(-e, 0, None)], -1).clip(0, 1)
-        for ax, img, name in zip(axes[i], (_gray(x[i]), _gray(boundary[i]), rgb), ("input", "boundary", "why not")):
-            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(name, fontsize=8)
+        _image_row(axes[i], (_gray(x[i]), _gray(boundary[i]), _red_blue(x[i], explanation[i], scale)),
+                   ("input", "boundary", "why not") if i == 0 else None, fontsize=8)
         if labels is not None:
             axes[i, 0].set_ylabel(labels[i], rotation=0, ha="right", va="center", fontsize=7)
     if title:
@@ -196,4 +199,49 @@ def walk(images, p_target, distance, *, steepness=None, midpoint=None, switch=No
     ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
+    return _finish(fig, path)
+
+
+def _red_blue(base: torch.Tensor, d: torch.Tensor, scale: float) -> np.ndarray:
+    """An RGB image: ``d / scale`` (in [-1, 1]) over the faded ``base``, positive in red and negative in blue."""
+    faded = _gray(base) * 0.35
+    d = d.detach().cpu() / scale
+    d = (d[0] if d.dim() == 3 else d).numpy()
+    return np.stack([faded + np.clip(d, 0, None), faded, faded + np.clip(-d, 0, None)], -1).clip(0, 1)
+
+
+def intervention(x, from_g, from_codes, from_new, *, labels=None, path=None, title: str | None = None):
+    """Interventions on a hidden layer, one row per input: the input ``x``, the explanatory decoder's images of its
+    hidden activations ``g(x)``, of their discrete codes ``dec(c)`` and of the intervened codes ``dec(c')``, and
+    the difference ``dec(c') - dec(c)`` (red: ink the intervention adds; blue: ink it removes). All ``[n, C, H, W]``;
+    ``labels``: one string per row (e.g. the changed latents), written beside the difference."""
+    n = len(x)
+    height = 1.45 * n + 0.55
+    fig, axes = plt.subplots(n, 5, figsize=(7.6, height), squeeze=False)
+    fig.subplots_adjust(top=1 - 0.45 / height, bottom=0.02, hspace=0.25)
+    scale = float((from_new - from_codes).abs().max().clamp_min(1e-6))
+    names = ("input x", "expl. g(x)", "expl. dec(c)", "expl. dec(c')", "dec(c') - dec(c)")
+    for i in range(n):
+        _image_row(axes[i], (_gray(x[i]), _gray(from_g[i]), _gray(from_codes[i]), _gray(from_new[i]),
+                             _red_blue(from_codes[i], from_new[i] - from_codes[i], scale)),
+                   names if i == 0 else None, fontsize=7)
+        if labels is not None:
+            axes[i, 4].text(1.08, 0.5, labels[i], transform=axes[i, 4].transAxes, fontsize=6.5, va="center")
+    if title:
+        fig.suptitle(title, fontsize=8, y=1 - 0.06 / height, va="top")
+    return _finish(fig, path)
+
+
+def concepts(counts, *, row_labels=None, path=None, title: str | None = None, fmt: str = ".2f"):
+    """A heatmap of ``counts [rows, K]``: how often each discrete latent (columns) is changed to reach each class
+    (rows); ``row_labels`` name the rows."""
+    counts = np.asarray(counts, dtype=float)
+    fig, ax = plt.subplots(figsize=(0.42 * counts.shape[1] + 1.6, 0.42 * counts.shape[0] + 1.0))
+    sns.heatmap(counts, annot=True, fmt=fmt, cmap="rocket_r", cbar=False, ax=ax, annot_kws=dict(fontsize=6),
+                yticklabels=row_labels if row_labels is not None else "auto")
+    ax.set_xlabel("discrete latent k")
+    ax.tick_params(labelsize=7)
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
     return _finish(fig, path)

@@ -19,8 +19,11 @@ def rows(root: Path) -> list[dict]:
         fig = meta.get("test_accuracy", meta.get("classifier_test_accuracy"))
         figure = f"test accuracy {fig:.2%}" if fig is not None and meta["arch"] in ("CNN", "MLP") else ""
         bce = meta.get("test_reconstruction_bce", meta.get("vae_test_reconstruction_bce"))
-        if meta["arch"] == "VAE" and bce is not None:
+        if meta["arch"] in ("VAE", "Explainer") and bce is not None:
             figure = f"test reconstruction BCE {bce:.1f} nats/image"
+        if meta["arch"] == "DiscreteVAE" and "test_relative_mse" in meta:
+            figure = (f"relative MSE {meta['test_relative_mse']:.3f}; h on reconstructions "
+                      f"{meta['test_accuracy_on_reconstruction']:.2%} (classifier {meta['test_accuracy']:.2%})")
         if meta["arch"] == "GAN" and "class_shares" in meta:
             shares = meta["class_shares"]
             figure = f"class shares of 10k samples {min(shares):.1%}–{max(shares):.1%}"
