@@ -16,6 +16,7 @@ whole ECDF of uniform ranks stays inside with probability ``1 - α``; ``α = 0.0
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -52,7 +53,7 @@ def _thin(z: torch.Tensor, u: torch.Tensor, L: int) -> tuple[torch.Tensor, torch
 
 def _one_replicate(args: tuple) -> tuple[np.ndarray, dict]:
     """Replicate ``r``: prior draw, noisy statistics, posterior draws, ranks. Runs in a worker process or inline."""
-    (generator, classifier, spec, kernel, sigma, chains, samples, warmup, L, seed, threads) = args
+    (generator, classifier, spec, kernel, sigma, chains, samples, warmup, L, seed, threads, options) = args
     from .sampling import sample
     from .targets import Custom, parse
 
@@ -68,7 +69,7 @@ def _one_replicate(args: tuple) -> tuple[np.ndarray, dict]:
     value = u_true + sigma * torch.randn(u_true.shape, generator=g)
     target = Custom(form.statistic, value, names=form.names(p.shape[-1]), tolerance=form.tolerance)
     result = sample(generator, classifier, target, num_chains=chains, num_samples=samples, warmup=warmup,
-                    sigma=sigma, kernel=kernel, seed=seed, progress=False)
+                    sigma=sigma, kernel=kernel, seed=seed, progress=False, **options)
     healthy = result.healthy_chains
     z, u = _thin(result.z[healthy], result.u[healthy], L)
     ranks = np.concatenate([(z < z_true[0]).sum(0).numpy(), (u < u_true).sum(0).numpy()])
@@ -82,12 +83,13 @@ def _one_replicate(args: tuple) -> tuple[np.ndarray, dict]:
 
 def simulate(generator, classifier, statistic: str, *, kernel="chees", sigma: float = 0.05, replicates: int = 100,
              num_chains: int = 16, num_samples: int = 100, warmup: int | None = None, draws: int | None = None,
-             seed: int = 0, jobs: int = 1, progress: bool = True) -> SBCResult:
+             seed: int = 0, jobs: int = 1, progress: bool = True, **options) -> SBCResult:
     """Run SBC for ``kernel`` on the posterior of ``statistic`` (any target's string form, e.g. ``"ambiguous:3,8"``:
     its statistic, with a target value drawn as above) at width ``sigma``.
 
     ``draws`` (``L``, default ``num_chains``) draws per replicate are ranked; ``jobs`` replicates run in parallel
-    processes (each with one torch thread). Returns an :class:`SBCResult` (ranks ``[replicates, d + m]``)."""
+    processes (each with one torch thread); ``options`` go to :func:`bayestrex.sample` (e.g. ``init``).
+    Returns an :class:`SBCResult` (ranks ``[replicates, d + m]``)."""
     from .targets import parse
 
     form = parse(statistic)
@@ -100,7 +102,7 @@ def simulate(generator, classifier, statistic: str, *, kernel="chees", sigma: fl
         raise ValueError(f"draws ({L}) cannot exceed num_chains x num_samples ({num_chains * num_samples})")
     kname = kernel if isinstance(kernel, str) else kernel.name
     tasks = [(generator, classifier, statistic, kernel, sigma, num_chains, num_samples, warmup, L, seed + r,
-              1 if jobs > 1 else 0) for r in range(replicates)]
+              1 if jobs > 1 else 0, options) for r in range(replicates)]
     from tqdm.auto import tqdm
 
     out = []
@@ -126,11 +128,13 @@ def simulate(generator, classifier, statistic: str, *, kernel="chees", sigma: fl
     return SBCResult(np.stack([o[0] for o in out]), names, L, settings, [o[1] for o in out])
 
 
+@functools.lru_cache(maxsize=64)
 def ecdf_bands(num_ranks: int, L: int, alpha: float, simulations: int = 4000,
                seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Simultaneous ``1 - alpha`` bands for the counts ``#{rank < k}``, ``k = 1..L``, of ``num_ranks`` ranks uniform
     on ``{0..L}``: ``(k / (L + 1), lower [L], upper [L])`` counts. The pointwise binomial level is lowered until the
-    simulated uniform ECDFs stay inside everywhere with probability ``1 - alpha``."""
+    simulated uniform ECDFs stay inside everywhere with probability ``1 - alpha``. Cached: the bands depend on the
+    arguments only (the simulation is seeded)."""
     from scipy.stats import binom
 
     rng = np.random.default_rng(seed)
@@ -143,6 +147,8 @@ def ecdf_bands(num_ranks: int, L: int, alpha: float, simulations: int = 4000,
     gamma = np.quantile(pointwise.min(1), alpha)  # the per-point level that holds simultaneously
     lower = binom.ppf(gamma, num_ranks, x)
     upper = binom.ppf(1 - gamma, num_ranks, x)
+    for a in (x, lower, upper):
+        a.setflags(write=False)  # shared by the cache
     return x, lower, upper
 
 

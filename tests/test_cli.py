@@ -20,7 +20,7 @@ def test_help_everywhere(argv, capsys):
 def test_sample_writes_result_figures_and_summary_then_diagnose_reads_it(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["sample", "--target", "high:0", "--chains", "2", "--samples", "15", "--warmup", "15",
-                 "--kernel", "nuts-plate", "--out", str(out), "--quiet"])
+                 "--kernel", "nuts-plate", "--max-tree-depth", "5", "--out", str(out), "--quiet"])
     assert code == 0
     names = {p.name for p in out.iterdir()}
     assert {"result.nc", "images.png", "statistics.png", "trace.png", "summary.md", "summary.json"} <= names
