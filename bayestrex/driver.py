@@ -151,6 +151,8 @@ def run(kernel, density, z0: torch.Tensor, *, num_samples: int, warmup: int, see
             try:
                 state, info = kernel.step(density, state, params, rng)
             except KeyboardInterrupt:
+                if recorder.n == 0:
+                    raise  # nothing kept yet: the interrupt itself
                 stopped = "interrupted"
                 break
             except Exception as e:  # noqa: BLE001 - the draws so far are kept, the error reported

@@ -159,13 +159,9 @@ class Result:
 
     def diagnose(self) -> list[str]:
         """Plain-language problems (a partial run, divergences, R-hat, ESS, E-BFMI, failed or stuck chains, low
-        attainment); for SMC, also whether its independent runs agree on how the draws split between regions of
-        the level set (a problem when they do not)."""
-        problems = diagnostics.flags(self.to_datatree())
-        agreement = diagnostics.run_agreement(self.to_datatree())
-        if agreement is not None and agreement["agree"]:
-            problems.append(agreement["text"])
-        return problems
+        attainment); for SMC, also when its independent runs disagree on how the draws split between regions of
+        the level set (``diagnostics.run_agreement`` gives the comparison either way)."""
+        return diagnostics.flags(self.to_datatree())
 
     # -- SMC: evidence and level-set mass ----------------------------------------------------------------------
     @property

@@ -25,6 +25,9 @@ import torch
 
 __all__ = ["SBCResult", "simulate", "ecdf_bands", "uniformity", "plot"]
 
+#: offset of the seeds that draw the true codes, apart from the seeds the sampler uses for its starting points
+TRUTH_STREAM = 2**31
+
 
 @dataclass
 class SBCResult:
@@ -60,7 +63,8 @@ def _one_replicate(args: tuple) -> tuple[np.ndarray, dict]:
     if threads:
         torch.set_num_threads(threads)
     form = parse(spec)
-    g = torch.Generator().manual_seed(seed)
+    # the truth from its own stream: with ``seed`` itself it would be the first of the sampler's own starting draws
+    g = torch.Generator().manual_seed(seed + TRUTH_STREAM)
     d = generator.latent_dim
     z_true = torch.randn(1, d, generator=g)
     with torch.no_grad():

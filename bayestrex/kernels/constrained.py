@@ -93,15 +93,6 @@ class _Lifted:
     def x_of(self, z: torch.Tensor) -> torch.Tensor:
         return ((z - self.prior.loc) / self.prior.scale).double()
 
-    def constraint(self, q: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """``c(q) = u(z) - u* + σ y`` ``[C, m]`` (float64) and the by-products of the forward pass."""
-        with torch.no_grad():
-            r, aux = self.density.residual(self.z_of(q[:, : self.d]))
-        c = r.double()
-        if self.sigma > 0:
-            c = c + self.sigma * q[:, self.d:]
-        return c, aux
-
     def jacobian(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(c [C, m], Dc [C, m, D])`` at ``q`` (float64): one forward pass and ``m`` backward passes."""
         d, s = self.d, self.sigma
@@ -343,7 +334,7 @@ class _StepSize:
         return _StepState(log_eps, da_init(math.log(10) + log_eps))
 
     def parameters(self, a: _StepState, it, rng):
-        u = 1.0 - float(torch.rand((), generator=rng))
+        u = 1.0 - float(torch.rand((), generator=rng, device=rng.device))
         eps = math.exp(a.log_eps)
         return {"step_size": eps, "num_steps": min(self.k.max_steps, max(1, math.ceil(u * self.k.trajectory_length
                                                                                           / eps)))}

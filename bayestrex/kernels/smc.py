@@ -343,7 +343,7 @@ class SMC:
         eps = step_size[run_of]
         # one jitter for all particles of this step (u ~ Uniform(0, 1]): no particle idles while another finishes a
         # longer trajectory, so a step costs the mean, not the maximum, of the jittered lengths
-        u = 1.0 - float(torch.rand((), generator=rng))
+        u = 1.0 - float(torch.rand((), generator=rng, device=rng.device))
         n = torch.ceil(u * self.trajectory_length / eps).clamp(1, self.max_leapfrog).long()
         return HMCParams(eps, n, metric, u)
 
