@@ -30,7 +30,9 @@ def _sample_and_report(target, vae, clf, out: Path, args, prefix: str) -> dict:
     result = bt.sample(vae.decoder, clf, target, num_chains=args.chains, num_samples=args.samples,
                        warmup=_warmup(args), sigma=args.sigma, kernel=_kernel(args), seed=args.seed,
                        progress=not args.quiet)
-    result.info.update(dataset=args.dataset, generator="vae", classifier="classifier")  # for `bayestrex report`
+    result.info.update(dataset=args.dataset, generator="vae", classifier="classifier",  # for `bayestrex report`
+                       models_sha256={n: m.meta.get("sha256") for n, m in (("vae", vae), ("classifier", clf))
+                                      if hasattr(m, "meta")})
     bt.plots.image_grid(result, path=out / f"{prefix}images.png")
     bt.plots.statistic_hist(result, path=out / f"{prefix}statistics.png")
     bt.plots.trace(result, path=out / f"{prefix}trace.png")

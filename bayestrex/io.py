@@ -12,7 +12,8 @@ __all__ = ["atomic_path", "write_json", "markdown_table"]
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step (``os.replace``).
+    """Yield a temporary path beside ``path``; on success it is synced to disk (``fsync``) and replaces ``path`` in
+    one step (``os.replace``).
 
     Readers never see a half-written file, and a failure leaves the old file (or none) in place.
     """
@@ -25,10 +26,26 @@ def atomic_path(path: str | os.PathLike):
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make results unreadable to the rest of a team
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)  # the rename itself
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _fsync(path) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to disk; folders that cannot be opened are skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
 
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
