@@ -33,10 +33,14 @@ def _sample_and_report(target, vae, clf, out: Path, args, prefix: str) -> dict:
     result.info.update(dataset=args.dataset, generator="vae", classifier="classifier",  # for `bayestrex report`
                        models_sha256={n: m.meta.get("sha256") for n, m in (("vae", vae), ("classifier", clf))
                                       if hasattr(m, "meta")})
-    bt.plots.image_grid(result, path=out / f"{prefix}images.png")
-    bt.plots.statistic_hist(result, path=out / f"{prefix}statistics.png")
-    bt.plots.trace(result, path=out / f"{prefix}trace.png")
-    result.save(out / f"{prefix}result.nc")
+    result.save(out / f"{prefix}result.nc")  # the draws first: a figure that fails cannot lose them
+    try:
+        bt.plots.image_grid(result, path=out / f"{prefix}images.png")
+        bt.plots.statistic_hist(result, path=out / f"{prefix}statistics.png")
+        bt.plots.trace(result, path=out / f"{prefix}trace.png")
+    except Exception as e:  # noqa: BLE001 - any plotting failure: say where the draws are, in one line
+        raise ValueError(f"the draws are saved in {out / f'{prefix}result.nc'}, but writing a figure failed: "
+                         f"{type(e).__name__}: {e}") from e
     return bt.diagnostics.overview(result)
 
 
@@ -89,6 +93,13 @@ def _demo_target(args, target: str) -> dict:
 
 
 def cmd_demo(args) -> int:
+    from .io import run_folder
+
+    with run_folder(args.out, "--out"):  # checked and locked before any sampling
+        return _demo(args)
+
+
+def _demo(args) -> int:
     t0 = time.perf_counter()
     jobs = max(1, min(args.jobs, len(args.targets)))
     if jobs == 1:
@@ -115,8 +126,14 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    from .io import run_folder
+
+    with run_folder(args.out, "--out") as out:  # checked and locked before any sampling
+        return _sample_into(args, out)
+
+
+def _sample_into(args, out: Path) -> int:
     vae, clf = _setup(args)
-    out = Path(args.out)
     row = _sample_and_report(args.target, vae, clf, out, args, prefix="")
     print(_write_table([row], out, "summary"))
     import bayestrex as bt

@@ -54,3 +54,73 @@ def test_flipped_bit_in_a_data_block_is_detected(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="r.nc is corrupt: a data block fails its checksum"):
         bt.load(path)
+
+
+# -- run folders ------------------------------------------------------------------------------------------------
+def run_cli(argv, capsys):
+    from bayestrex.cli import main
+
+    rc = main(argv)
+    return rc, capsys.readouterr().err
+
+
+def test_out_that_is_a_file_or_cannot_be_created_fails_before_sampling(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bt, "sample", lambda *a, **k: pytest.fail("sampled before checking --out"))
+    afile = tmp_path / "f.txt"
+    afile.write_text("x")
+    for out, words in ((afile, "is a file"), (afile / "sub", "cannot be created")):
+        rc, err = run_cli(["sample", "--target", "high:0", "--out", str(out), "--quiet"], capsys)
+        assert rc == 2 and err.count("\n") == 1 and "--out" in err and words in err and "Traceback" not in err
+
+
+def test_read_only_out_fails_before_sampling(tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    from bayestrex.io import LOCK_NAME
+
+    real_open = os.open
+
+    def read_only(path, *a, **k):  # a read-only folder, also for root (who may write into a 0555 one)
+        if str(path).endswith(LOCK_NAME):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(os, "open", read_only)
+    monkeypatch.setattr(bt, "sample", lambda *a, **k: pytest.fail("sampled before checking --out"))
+    rc, err = run_cli(["sample", "--target", "high:0", "--out", str(tmp_path), "--quiet"], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "--out" in err and "not writable: Permission denied" in err
+
+
+def test_second_run_on_a_locked_folder_is_refused_and_stale_locks_are_taken_over(tmp_path, capsys, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from bayestrex.io import LOCK_NAME, run_folder
+
+    monkeypatch.setattr(bt, "sample", lambda *a, **k: pytest.fail("sampled into a locked folder"))
+    with run_folder(tmp_path) as out:  # a live run (this process) holds the folder
+        assert (out / LOCK_NAME).read_text().strip() == str(os.getpid())
+        rc, err = run_cli(["sample", "--target", "high:0", "--out", str(tmp_path), "--quiet"], capsys)
+        assert rc == 2 and err.count("\n") == 1 and "in use by another bayestrex run" in err and "--out" in err
+    assert not (tmp_path / LOCK_NAME).exists()  # removed at the end
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / LOCK_NAME).write_text(dead.stdout)  # a killed run's lock: its pid is gone
+    (tmp_path / ".result.nc.abc123.tmp").write_bytes(b"half a file")  # and its temporary file
+    (tmp_path / "keep.tmp").write_text("not ours")
+    with run_folder(tmp_path) as out:
+        assert not (out / ".result.nc.abc123.tmp").exists() and (out / "keep.tmp").exists()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_result_is_written_before_the_figures(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bt, "sample", lambda *a, **k: small_result())
+
+    def broken(*a, **k):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(bt.plots, "image_grid", broken)
+    rc, err = run_cli(["sample", "--target", "high:1", "--out", str(tmp_path), "--quiet"], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "draws are saved in" in err and "no display" in err
+    assert torch.equal(bt.load(tmp_path / "result.nc").z, small_result().z)
