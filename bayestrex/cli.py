@@ -169,6 +169,14 @@ def cmd_train(args) -> int:
     names = args.models
     if names == ["all"]:
         names = ["vae", "classifier", "gan", "classifier-split", "vae-split"] + [f"vae-without-{c}" for c in range(10)]
+    folder = bt.nets.weights_dir(args.weights_dir) / args.dataset
+    existing = [n for n in names if (folder / f"{n}.pt").exists()]
+    if existing and not args.overwrite:
+        raise ValueError(f"weights for {', '.join(existing)} already exist in {folder} (the README's numbers come from "
+                         "the shipped ones); pass --weights-dir/--out FOLDER to train into another folder, or "
+                         "--overwrite to replace them")
+    for n in names:
+        print(f"bayestrex train: training {args.dataset}/{n} into {folder / f'{n}.pt'}", file=sys.stderr, flush=True)
     figures = bt.nets.train(args.dataset, names, directory=args.weights_dir, data_root=args.data_root,
                             progress=not args.quiet)
     print(json.dumps(figures, indent=2))
@@ -515,7 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vae, classifier, gan, classifier-split, vae-split, vae-without-C, or all "
                         "(default: vae classifier)")
     p.add_argument("--data-root", default=None, help="folder of IDX files (default: the installed data source)")
-    p.add_argument("--weights-dir", default=None, help="output folder (default: models/ or the cache)")
+    p.add_argument("--weights-dir", "--out", dest="weights_dir", default=None,
+                   help="output folder (default: models/ or the cache)")
+    p.add_argument("--overwrite", action="store_true", help="replace weight files that exist (without it, train "
+                   "refuses, so the shipped weights behind the README's numbers stay)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 

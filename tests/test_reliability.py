@@ -124,3 +124,34 @@ def test_result_is_written_before_the_figures(tmp_path, capsys, monkeypatch):
     rc, err = run_cli(["sample", "--target", "high:1", "--out", str(tmp_path), "--quiet"], capsys)
     assert rc == 2 and err.count("\n") == 1 and "draws are saved in" in err and "no display" in err
     assert torch.equal(bt.load(tmp_path / "result.nc").z, small_result().z)
+
+
+# -- weights ----------------------------------------------------------------------------------------------------
+def test_train_never_overwrites_weights_without_overwrite(tmp_path, capsys, monkeypatch):
+    from bayestrex import nets
+
+    monkeypatch.delenv("BAYESTREX_WEIGHTS", raising=False)
+    shipped = nets.weights_dir() / "digits" / "vae.pt"
+    assert shipped.is_file()  # the committed digits weights behind the README's numbers
+    before = shipped.read_bytes()
+    monkeypatch.setattr(nets, "train", lambda *a, **k: pytest.fail("trained over existing weights"))
+    rc, err = run_cli(["train", "--dataset", "digits", "--models", "vae", "--quiet"], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "--overwrite" in err and "--weights-dir/--out" in err
+    assert str(shipped.parent) in err and shipped.read_bytes() == before
+    (tmp_path / "digits").mkdir()
+    (tmp_path / "digits" / "classifier.pt").write_bytes(b"mine")
+    rc, err = run_cli(["train", "--out", str(tmp_path), "--models", "vae", "classifier", "--quiet"], capsys)
+    assert rc == 2 and "classifier already exist" in err
+    assert (tmp_path / "digits" / "classifier.pt").read_bytes() == b"mine"
+
+    calls = []
+
+    def fake_train(dataset, names, *, directory, **_):  # says what and where BEFORE training
+        calls.append((dataset, list(names), directory, capsys.readouterr().err))
+        return {n: {} for n in names}
+
+    monkeypatch.setattr(nets, "train", fake_train)
+    rc, err = run_cli(["train", "--out", str(tmp_path), "--models", "vae", "classifier", "--overwrite", "--quiet"],
+                      capsys)
+    assert rc == 0 and calls[0][:3] == ("digits", ["vae", "classifier"], str(tmp_path))
+    assert f"training digits/classifier into {tmp_path / 'digits' / 'classifier.pt'}" in calls[0][3]
