@@ -169,6 +169,8 @@ def cmd_train(args) -> int:
     names = args.models
     if names == ["all"]:
         names = ["vae", "classifier", "gan", "classifier-split", "vae-split"] + [f"vae-without-{c}" for c in range(10)]
+    for n in names:
+        bt.nets.recipe(args.dataset, n)  # unknown datasets and names fail here, before anything is said or trained
     folder = bt.nets.weights_dir(args.weights_dir) / args.dataset
     existing = [n for n in names if (folder / f"{n}.pt").exists()]
     if existing and not args.overwrite:
@@ -449,8 +451,37 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--weights-dir", default=None, help="folder of model weights (default: models/ or the cache)")
     p.add_argument("--data-root", default=None, help="mnist, fashion-mnist: folder of IDX files")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    p.add_argument("--threads", type=_threads, default=1, help="torch CPU threads (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _threads(text: str) -> int:
+    """argparse type of --threads: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 (torch CPU threads), got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    """argparse type of --seed: an integer in [0, 2**63)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63 - 1], got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors on one line (``bayestrex CMD: error: ...``), exit status 2, no usage dump."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _kernel_summaries() -> dict[str, str]:
@@ -479,16 +510,16 @@ def _sampling_args(p: argparse.ArgumentParser, chains: int, samples: int, warmup
                    "diagonal (hmc and chees already do when latent_dim <= 32)")
     p.add_argument("--max-steps", type=int, default=max_steps,
                    help=f"hmc, chees, smc: at most this many leapfrog steps per draw (default: {max_steps})")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     p.add_argument("--weights-dir", default=None, help="folder of model weights (default: models/ or the cache)")
     p.add_argument("--data-root", default=None, help="mnist, fashion-mnist: folder of IDX files (default: the "
                    "installed data source)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1, often fastest)")
+    p.add_argument("--threads", type=_threads, default=1, help="torch CPU threads (default: 1, often fastest)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bayestrex", description="Model transparency by example: sample inputs "
+    parser = _Parser(prog="bayestrex", description="Model transparency by example: sample inputs "
                                      "whose classifier probabilities hit a target.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -592,10 +623,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma", type=float, default=0.05, help="likelihood width (default: 0.05)")
     p.add_argument("--max-radius", type=int, default=2,
                    help="Hamming radius of the exact search for the minimal intervention (default: 2)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     p.add_argument("--weights-dir", default=None, help="folder of model weights (default: models/ or the cache)")
     p.add_argument("--data-root", default=None, help="mnist, fashion-mnist: folder of IDX files")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    p.add_argument("--threads", type=_threads, default=1, help="torch CPU threads (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_intervene)
 

@@ -58,9 +58,13 @@ def test_flipped_bit_in_a_data_block_is_detected(tmp_path):
 
 # -- run folders ------------------------------------------------------------------------------------------------
 def run_cli(argv, capsys):
+    """``(exit status, stderr)`` of the CLI run in this process (argparse's refusals included)."""
     from bayestrex.cli import main
 
-    rc = main(argv)
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
     return rc, capsys.readouterr().err
 
 
@@ -155,3 +159,71 @@ def test_train_never_overwrites_weights_without_overwrite(tmp_path, capsys, monk
                       capsys)
     assert rc == 0 and calls[0][:3] == ("digits", ["vae", "classifier"], str(tmp_path))
     assert f"training digits/classifier into {tmp_path / 'digits' / 'classifier.pt'}" in calls[0][3]
+
+
+# -- bad input --------------------------------------------------------------------------------------------------
+BAD_CLI = [  # (argv, words the one error line must hold); {tmp} is a fresh folder, {file} a plain file in it
+    (["sample", "--target", "high:0", "--out", "{tmp}", "--threads", "0"], "--threads"),
+    (["sample", "--target", "high:0", "--out", "{tmp}", "--threads", "-2"], "--threads"),
+    (["sample", "--target", "high:0", "--out", "{tmp}", "--threads", "two"], "--threads"),
+    (["sample", "--target", "high:0", "--out", "{tmp}", "--seed", "-1"], "--seed"),
+    (["sample", "--target", "high:0", "--out", "{tmp}", "--seed", "1e20"], "--seed"),
+    (["sample", "--target", "high:0", "--out", "{tmp}", "--seed", str(2**63)], "--seed"),
+    (["sample", "--target", "high:0", "--out", "{file}"], "--out"),
+    (["sample", "--target", "high:0", "--out", "{file}/sub"], "--out"),
+    (["sample", "--target", "high:0", "--out", "{tmp}", "--kernel", "nutz"], "--kernel"),
+    (["sample", "--out", "{tmp}"], "--target"),
+    (["demo", "--out", "{tmp}", "--threads", "0"], "--threads"),
+    (["demo", "--out", "{file}"], "--out"),
+    (["sbc", "--out", "{tmp}", "--seed", "-3"], "--seed"),
+    (["intervene", "--to", "3", "--threads", "-1"], "--threads"),
+    (["intervene", "--to", "3", "--seed", "99999999999999999999"], "--seed"),
+    (["xgems", "--out", "{tmp}", "--threads", "0"], "--threads"),
+    (["cdeepex", "--out", "{tmp}", "--threads", "x"], "--threads"),
+    (["diagnose", "{tmp}/missing.nc"], "missing.nc"),
+    (["diagnose", "{file}"], "not a bayestrex result file"),
+    (["train", "--models", "bogus", "--out", "{tmp}"], "unknown model 'bogus'"),
+    (["train", "--dataset", "cifar", "--out", "{tmp}"], "cifar"),
+]
+
+
+@pytest.mark.parametrize("argv, words", BAD_CLI, ids=[" ".join(a[:1] + a[-2:]) for a, _ in BAD_CLI])
+def test_bad_cli_input_is_one_line_exit_2(argv, words, tmp_path, capsys, monkeypatch):
+    from bayestrex import nets
+
+    monkeypatch.setattr(bt, "sample", lambda *a, **k: pytest.fail("sampled despite bad input"))
+    monkeypatch.setattr(nets, "train", lambda *a, **k: pytest.fail("trained despite bad input"))
+    afile = tmp_path / "f.nc"
+    afile.write_text("not a result")
+    run = tmp_path / "run"
+    rc, err = run_cli([a.format(tmp=run, file=afile) for a in argv], capsys)
+    assert rc == 2 and err.count("\n") == 1 and words in err and "Traceback" not in err, err
+
+
+class Wide(torch.nn.Module):
+    latent_dim = 4  # but its first layer takes 3
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 6)
+
+    def forward(self, z):
+        return self.layer(z)
+
+
+def test_wrong_latent_dim_names_latent_dim():
+    logits = torch.nn.Linear(6, 3)
+    with pytest.raises(ValueError, match=r"latent_dim=4 does not fit the generator: it failed on a batch of shape"):
+        bt.sample(Wide(), logits, "high:0", num_chains=2, num_samples=5, warmup=5, progress=False)
+    with pytest.raises(ValueError, match=r"latent_dim=5 does not fit the generator"):
+        bt.Posterior(Wide(), logits, "high:0", latent_dim=5)
+    assert bt.Posterior(Wide(), logits, "high:0", latent_dim=3).num_classes == 3
+
+
+def test_sigmoid_scores_are_warned_about_and_logits_are_not(recwarn):
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3))
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="rows do not sum to 1: they look like per-class sigmoid scores"):
+        bt.Posterior(lambda z: z, lambda x: torch.sigmoid(net(x)), "high:0", latent_dim=2)
+    bt.Posterior(lambda z: z, lambda x: 5 * net(x), "high:0", latent_dim=2)  # logits of both signs: no warning
+    assert not [w for w in recwarn if "sigmoid" in str(w.message)]
