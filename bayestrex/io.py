@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
 
 __all__ = ["atomic_path", "write_json", "markdown_table", "run_folder", "clean_temp_files"]
@@ -84,11 +85,12 @@ def run_folder(path: str | os.PathLike, arg: str = "--out"):
         except FileExistsError:
             try:
                 owner = int(lock.read_text().strip() or "0")
+                fresh = time.time() - lock.stat().st_mtime < 10  # an empty fresh lock: its run is writing its pid
             except (OSError, ValueError):
-                owner = 0
-            if owner and _pid_alive(owner):
-                raise ValueError(f"{arg} {folder} is in use by another bayestrex run (pid {owner}, lock file "
-                                 f"{lock}); wait for it or pass another {arg}") from None
+                owner, fresh = 0, False
+            if (owner and _pid_alive(owner)) or (not owner and fresh):
+                raise ValueError(f"{arg} {folder} is in use by another bayestrex run (pid {owner or 'starting'}, "
+                                 f"lock file {lock}); wait for it or pass another {arg}") from None
             with contextlib.suppress(FileNotFoundError):  # a stale lock: its process is gone
                 lock.unlink()
         except OSError as e:

@@ -109,6 +109,10 @@ def test_second_run_on_a_locked_folder_is_refused_and_stale_locks_are_taken_over
         rc, err = run_cli(["sample", "--target", "high:0", "--out", str(tmp_path), "--quiet"], capsys)
         assert rc == 2 and err.count("\n") == 1 and "in use by another bayestrex run" in err and "--out" in err
     assert not (tmp_path / LOCK_NAME).exists()  # removed at the end
+    (tmp_path / LOCK_NAME).write_text("")  # a run that has just created its lock and not yet written its pid
+    with pytest.raises(ValueError, match="in use by another bayestrex run"):
+        with run_folder(tmp_path):
+            pass
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / LOCK_NAME).write_text(dead.stdout)  # a killed run's lock: its pid is gone
     (tmp_path / ".result.nc.abc123.tmp").write_bytes(b"half a file")  # and its temporary file
