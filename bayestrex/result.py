@@ -204,10 +204,14 @@ class Result:
         """Write the result as netCDF (the DataTree), atomically and synced to disk: readers never see a partial
         file. Every variable carries an HDF5 Fletcher-32 checksum, so :func:`load` detects a corrupted block; the
         attributes record the package version, the seed and (when known) the models' SHA-256."""
-        from . import __version__
+        from importlib.metadata import PackageNotFoundError, version
 
+        try:
+            package_version = version("bayestrex")
+        except PackageNotFoundError:  # run from a source tree that is not installed
+            package_version = "unknown"
         dt = self.to_datatree().copy()
-        dt.attrs.update(bayestrex_version=__version__, bayestrex_seed=str(self.info.get("seed", "")),
+        dt.attrs.update(bayestrex_version=package_version, bayestrex_seed=str(self.info.get("seed", "")),
                         bayestrex_models_sha256=json.dumps(self.info.get("models_sha256", {})))
         encoding = {node.path: {name: {"fletcher32": True} for name, v in node.variables.items()
                                 if v.ndim > 0 and v.dtype.kind in "biuf"}  # HDF5 filters: chunked numbers only
