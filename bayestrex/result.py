@@ -201,10 +201,23 @@ class Result:
 
     # -- files ---------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write the result as netCDF (the DataTree), atomically: readers never see a partial file."""
-        dt = self.to_datatree()
+        """Write the result as netCDF (the DataTree), atomically and synced to disk: readers never see a partial
+        file. Every variable carries an HDF5 Fletcher-32 checksum, so :func:`load` detects a corrupted block; the
+        attributes record the package version, the seed and (when known) the models' SHA-256."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            package_version = version("bayestrex")
+        except PackageNotFoundError:  # run from a source tree that is not installed
+            package_version = "unknown"
+        dt = self.to_datatree().copy()
+        dt.attrs.update(bayestrex_version=package_version, bayestrex_seed=str(self.info.get("seed", "")),
+                        bayestrex_models_sha256=json.dumps(self.info.get("models_sha256", {})))
+        encoding = {node.path: {name: {"fletcher32": True} for name, v in node.variables.items()
+                                if v.ndim > 0 and v.dtype.kind in "biuf"}  # HDF5 filters: chunked numbers only
+                    for node in dt.subtree}
         with atomic_path(path) as tmp:
-            dt.to_netcdf(tmp, engine="h5netcdf")
+            dt.to_netcdf(tmp, engine="h5netcdf", encoding=encoding)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Result:
@@ -233,6 +246,9 @@ class Result:
                 stopped=attrs.get("bayestrex_stopped") or None,
             )
         except (KeyError, OSError, ValueError) as e:
+            if any(w in str(e).lower() for w in ("fletcher32", "checksum", "filter")):  # our only filter: checksums
+                raise ValueError(f"{path} is corrupt: a data block fails its checksum ({e}); the file was damaged "
+                                 "after it was written (disk, copy or transfer); use a backup or rerun") from None
             raise ValueError(f"{path} is not a bayestrex result file: {e!r}") from None
 
 

@@ -118,7 +118,8 @@ def test_zoo_trains_on_first_use_and_caches(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(nets.RECIPES, "mnist", tiny)
     weights = tmp_path / "weights"
     clf = nets.get("mnist", "classifier-split", directory=weights, data_root=root, progress=False)
-    assert "training them once" in capsys.readouterr().out
+    assert f"no weights {weights / 'mnist' / 'classifier-split.pt'}; training mnist/classifier-split once" in \
+        capsys.readouterr().err
     assert clf.meta["classes"] == [0, 1, 3, 6, 9] and clf.meta["test_accuracy"] >= 0.9
     x, y = data.subset(*data.load("mnist", "test", root=root), [0, 1, 3, 6, 9], relabel=True)
     assert nets.accuracy(clf, x, y) == pytest.approx(clf.meta["test_accuracy"])

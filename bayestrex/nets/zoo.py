@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -139,10 +140,12 @@ def get(dataset: str, name: str, *, directory=None, data_root=None, progress=Tru
     recipe(dataset, name)  # validates the names
     path = weights_dir(directory) / dataset / f"{name}.pt"
     if not path.is_file():
-        print(f"bayestrex: no weights for {dataset}/{name} in {path.parent}; training them once "
-              f"(seconds on digits, about a minute or two on MNIST-sized data) ...", flush=True)
+        spec = recipe(dataset, name)
+        print(f"bayestrex: no weights {path}; training {dataset}/{name} once ({spec['kind']} on classes "
+              f"{spec['classes']}, {spec.get('epochs')} epochs, seed 0) into {path.parent} (seconds on digits, about a "
+              "minute or two on MNIST-sized data) ...", file=sys.stderr, flush=True)
         figures = train_model(dataset, name, directory=directory, data_root=data_root, progress=progress)
-        print(f"bayestrex: trained {dataset}/{name}: {figures}", flush=True)
+        print(f"bayestrex: trained {dataset}/{name}: {figures}", file=sys.stderr, flush=True)
     model = load(path)
     model.meta.setdefault("classes", list(range(10)))
     trained_on = model.meta.get("classifier_sha256")
