@@ -100,7 +100,8 @@ def test_train_reads_a_data_root_and_reports_missing_data(tmp_path, monkeypatch,
     figures = json.loads(capsys.readouterr().out)
     assert figures["classifier-split"]["train_examples"] == 50  # the 5 classifier classes of 10 equal classes
     assert (tmp_path / "w" / "mnist" / "classifier-split.pt").is_file()
-    code = main(["train", "--dataset", "fashion-mnist", "--data-root", str(tmp_path / "nowhere"), "--quiet"])
+    code = main(["train", "--dataset", "fashion-mnist", "--data-root", str(tmp_path / "nowhere"),
+                 "--weights-dir", str(tmp_path / "w"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "fashion-mnist: folder" in err and "dataset-fashion-mnist" in err
 
