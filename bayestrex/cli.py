@@ -191,19 +191,15 @@ def _explained_input(args):
 
     import bayestrex as bt
 
+    from .cli_checks import read_image
+
     torch.set_num_threads(args.threads)
+    img = None if args.image is None else read_image(args.image)  # before the models: a bad file fails at once
     get = lambda name: bt.nets.get(args.dataset, name, directory=args.weights_dir,  # noqa: E731
                                    data_root=args.data_root, progress=not args.quiet)
     gen_model, clf = get(args.generator), get("classifier")
     shape = tuple(gen_model.config["image_shape"])
-    if args.image is not None:
-        import matplotlib.image
-
-        img = torch.as_tensor(matplotlib.image.imread(args.image), dtype=torch.float32)
-        if img.dim() == 3:  # RGB(A) -> gray
-            img = img[..., :3].mean(-1)
-        if img.max() > 1:
-            img = img / 255.0
+    if img is not None:
         if (1, *img.shape) != shape:
             raise ValueError(f"--image {args.image} is {tuple(img.shape)} pixels; the {args.dataset} models expect "
                              f"{shape[1:]} (grayscale)")
@@ -665,8 +661,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .cli_checks import check
+
     args = build_parser().parse_args(argv)
     try:
+        check(args)  # every option that can be judged alone, before any work
         return args.func(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"bayestrex {args.command}: error: {e}", file=sys.stderr)

@@ -113,10 +113,12 @@ class Posterior(LogDensity):
             raise ValueError("prior_scale must be positive")
         #: the prior the kernels see: the Gaussian, or the user's prior object
         self.prior = prior if prior is not None else GaussianPrior(self.prior_loc, self.prior_scale)
-        self.num_classes = self._probe(check_logits)
+        logits = self._probe(check_logits)
+        self.num_classes = logits.shape[1]
         self.target.validate(self.num_classes)
         self.value = self.target.value(self.num_classes).to(device=self.device, dtype=self.dtype)
         self.names = self.target.names(self.num_classes)
+        self._check_sigma(torch.softmax(logits, dim=-1))
 
     # -- set-up checks -----------------------------------------------------------------------------------------
     def _resolve_device(self, device) -> torch.device:
@@ -134,7 +136,8 @@ class Posterior(LogDensity):
                              f"move the models with .to({str(device)!r}) or pass device={str(found)!r}")
         return found or device
 
-    def _probe(self, check_logits: bool) -> int:
+    def _probe(self, check_logits: bool) -> torch.Tensor:
+        """Check the models on a few prior draws; returns their logits ``[n, K]``."""
         g = torch.Generator().manual_seed(0)
         n = len(self.prior_loc) if self.per_chain else 4
         z = self.prior_draws(n, g)
@@ -146,7 +149,7 @@ class Posterior(LogDensity):
                 if not torch.isfinite(x).all():
                     raise ValueError("generator returned NaN or inf for latent codes drawn from the prior; "
                                      "check the generator (a code z should decode to finite values)")
-                logits = self.classifier(x)
+                logits = self._probe_classifier(x)
         except RuntimeError as e:
             if "device" in str(e):
                 raise ValueError(f"device mismatch while evaluating generator and classifier on {self.device}: "
@@ -169,7 +172,7 @@ class Posterior(LogDensity):
                           "per-class sigmoid scores, not logits; softmax of such scores is nearly uniform and targets "
                           "are hardly ever attained; return logits (or log-probabilities) instead", stacklevel=3)
         self.differentiable = self._has_gradients(z)
-        return logits.shape[1]
+        return logits
 
     def _probe_generator(self, z: torch.Tensor) -> torch.Tensor:
         """``generator(z)``; a shape error (the generator takes another latent size) names ``latent_dim``."""
@@ -180,6 +183,35 @@ class Posterior(LogDensity):
                 raise
             raise ValueError(f"latent_dim={self.latent_dim} does not fit the generator: it failed on a batch of shape "
                              f"{list(z.shape)} ({e}); pass the latent_dim the generator takes") from None
+
+    def _probe_classifier(self, x: torch.Tensor) -> torch.Tensor:
+        """``classifier(x)``; a dtype clash between the generator's output and the classifier's parameters (e.g. a
+        float64 generator with a float32 classifier) is refused, naming both and the fix."""
+        try:
+            return self.classifier(x)
+        except RuntimeError as e:
+            want = _module_dtype(self.classifier)
+            if want is None or want == x.dtype or "type" not in str(e):
+                raise
+            raise ValueError(f"dtype mismatch: the generator returns {x.dtype} but the classifier's parameters are "
+                             f"{want}; convert one of the models, e.g. classifier.to({x.dtype}) or "
+                             f"generator.to({want})") from None
+
+    def _check_sigma(self, probs: torch.Tensor) -> None:
+        """Refuse a ``sigma`` so small that the likelihood's ``((u - u*) / sigma)²`` or its gradient
+        ``(u - u*) / sigma²`` overflows the models' dtype for the probe's codes (drawn from the prior)."""
+        if self.sigma == 0:
+            return
+        r = (self.target.statistic(probs) - self.value).abs()
+        r = r[torch.isfinite(r)]
+        big, top = (float(r.max()) if r.numel() else 0.0), torch.finfo(r.dtype).max
+        # x10: headroom for the sum over statistics and the chain rule through the networks
+        smallest = 10 * max(math.sqrt(big / top), big / math.sqrt(top))
+        if self.sigma < smallest:
+            shown = float(f"{smallest * 1.05:.1e}")  # two digits, rounded up: `shown` itself passes
+            raise ValueError(f"sigma={self.sigma:g} is too small to evaluate in {r.dtype}: for codes drawn from the "
+                             f"prior, |u - u*| reaches {big:.3g} and ((u - u*) / sigma)² or its gradient overflows; "
+                             f"the smallest usable sigma for this target and these models is {shown:.2g}")
 
     def _has_gradients(self, z: torch.Tensor) -> bool:
         """Whether the log density has gradients in ``z`` (False for black boxes: numpy models, renderers)."""

@@ -48,6 +48,11 @@ def _class_index(name: str, value, num_classes: int | None = None) -> int:
     return value
 
 
+def _number(value: float) -> str:
+    """The shortest decimal form of ``value`` that parses back to the same float (``1.0`` -> ``"1"``)."""
+    return repr(float(value)).removesuffix(".0")
+
+
 def _unit_interval(name: str, value) -> float:
     value = float(value)
     if not 0.0 <= value <= 1.0:  # also False for NaN
@@ -255,7 +260,7 @@ class Boundary(_Pair):
         return cls(a, b)
 
     def __repr__(self):
-        return f"boundary:{self.a},{self.b}" + (f",{self.margin:g}" if self.margin else "")
+        return f"boundary:{self.a},{self.b}" + (f",{_number(self.margin)}" if self.margin else "")
 
 
 class Uniform(Target):
@@ -293,6 +298,7 @@ class Probabilities(Target):
         if abs(float(q.sum()) - 1.0) > 1e-6:
             raise ValueError(f"target probabilities must sum to 1, got sum {float(q.sum()):.6g}")
         self.q = q.float()
+        self._given = q  # float64, as given: its string form re-parses to this same target
 
     def statistic(self, probs):
         return probs
@@ -320,7 +326,7 @@ class Probabilities(Target):
             raise
 
     def __repr__(self):
-        return "probs:" + ",".join(f"{q:g}" for q in self.q.tolist())
+        return "probs:" + ",".join(map(_number, self._given.tolist()))
 
 
 class Graded(_Pair):
@@ -351,7 +357,7 @@ class Graded(_Pair):
         return cls(a, b, alpha)
 
     def __repr__(self):
-        return f"graded:{self.a},{self.b},{self.alpha:g}"
+        return f"graded:{self.a},{self.b},{_number(self.alpha)}"
 
 
 class Custom(Target):
