@@ -93,26 +93,61 @@ def _demo_target(args, target: str) -> dict:
 
 
 def cmd_demo(args) -> int:
-    from .io import run_folder
+    from .io import clean_temp_files, run_folder
 
-    with run_folder(args.out, "--out"):  # checked and locked before any sampling
-        return _demo(args)
+    with run_folder(args.out, "--out") as out:  # checked and locked before any sampling
+        done: list[str] = []
+        try:
+            return _demo(args, done)
+        except KeyboardInterrupt:  # Ctrl-C: queued targets cancelled, running ones stopped, one line
+            clean_temp_files(out)
+            left = len(args.targets) - len(done)
+            print(f"bayestrex demo: interrupted: {len(done)} of {len(args.targets)} targets finished"
+                  + (f" ({', '.join(done)}; their files are in {out}/)" if done else "")
+                  + f"; the other {left} were cancelled", file=sys.stderr)
+            return 130
 
 
-def _demo(args) -> int:
+def _demo_in_processes(args, jobs: int, done: list[str]) -> list[dict]:
+    """The demo targets in ``jobs`` spawned processes (torch single-threaded in each, no forked thread pools).
+
+    The workers ignore SIGINT: Ctrl-C reaches this process only, which then drops the queued targets and stops the
+    running ones (``Pool.terminate``) before anything else is written. ``done`` collects the finished targets."""
+    import multiprocessing
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None  # inherited by the workers
+    try:
+        pool = multiprocessing.get_context("spawn").Pool(jobs)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, signal.SIG_DFL if handler is None else handler)
+    jobs_ = [pool.apply_async(_demo_target, (args, t)) for t in args.targets]
+    try:
+        rows = [job.get() for job in jobs_]
+        pool.close()
+        return rows
+    finally:
+        done[:] = [t for t, job in zip(args.targets, jobs_) if job.ready() and job.successful()]
+        pool.terminate()  # a no-op after close() and a clean finish; else cancels and stops the rest
+        pool.join()
+
+
+def _demo(args, done: list[str]) -> int:
     t0 = time.perf_counter()
     jobs = max(1, min(args.jobs, len(args.targets)))
     if jobs == 1:
-        rows = [_demo_target(args, target) for target in args.targets]
-    else:  # one process per core, torch single-threaded in each (spawned: no forked thread pools)
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
+        rows = []
+        for target in args.targets:
+            rows.append(_demo_target(args, target))
+            done.append(target)
+    else:
         if not args.quiet:
             print(f"sampling {len(args.targets)} targets in {jobs} processes ...", flush=True)
         args.quiet = True
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            rows = list(pool.map(_demo_target, [args] * len(args.targets), args.targets))
+        rows = _demo_in_processes(args, jobs, done)
     out = Path(args.out)
     md = _write_table(rows, out, "summary")
     print(md)

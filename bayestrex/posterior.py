@@ -230,7 +230,10 @@ class Posterior(LogDensity):
 
     def statistics(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(probs [C, K], u [C, m])`` for codes ``z [C, d]``."""
-        p = self.probs(z)
+        logits = self.classifier(self.generator(z))
+        p = torch.softmax(logits, dim=-1)
+        if self.target.uses_log_probs:  # log p from log_softmax: finite gradients where p underflows
+            return p, self.target.statistic(p, log_probs=torch.log_softmax(logits, dim=-1))
         return p, self.target.statistic(p)
 
     @property

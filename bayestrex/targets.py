@@ -53,6 +53,11 @@ def _number(value: float) -> str:
     return repr(float(value)).removesuffix(".0")
 
 
+def _log(probs: torch.Tensor, log_probs: torch.Tensor | None) -> torch.Tensor:
+    """``log p``: ``log_probs`` when given, else the log of ``probs`` clamped at the smallest normal float."""
+    return log_probs if log_probs is not None else probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+
+
 def _unit_interval(name: str, value) -> float:
     value = float(value)
     if not 0.0 <= value <= 1.0:  # also False for NaN
@@ -72,6 +77,9 @@ class Target:
     spec: str | None = None
     #: whether the statistics are differentiable on the level set (kernels that move along the level set need it)
     smooth: bool = True
+    #: whether ``statistic`` also takes ``log_probs`` (the classifier's log-softmax, ``[..., K]``): statistics of
+    #: ``log p`` computed from it keep finite gradients where ``p`` underflows (``d log p / dp = 1/p`` overflows)
+    uses_log_probs: bool = False
 
     def __init__(self, *, tolerance: float = 0.05):
         tolerance = float(tolerance)
@@ -121,11 +129,12 @@ class High(Target):
     def __init__(self, c: int, *, log: bool = False, tolerance: float = 0.05):
         super().__init__(tolerance=tolerance)
         self.c = _class_index("class index c", c)
-        self.log = bool(log)
+        self.log = self.uses_log_probs = bool(log)
 
-    def statistic(self, probs):
-        p = probs[..., self.c : self.c + 1]
-        return p.clamp_min(torch.finfo(p.dtype).tiny).log() if self.log else p
+    def statistic(self, probs, log_probs=None):
+        if not self.log:
+            return probs[..., self.c : self.c + 1]
+        return _log(probs, log_probs)[..., self.c : self.c + 1]
 
     def value(self, num_classes):
         return torch.zeros(1) if self.log else torch.ones(1)
@@ -221,6 +230,7 @@ class Boundary(_Pair):
 
     spec = "boundary"
     smooth = False  # the violation max(0, ...) has a kink where it meets the level set
+    uses_log_probs = True
 
     def __init__(self, a: int, b: int, *, margin: float = 0.0, tolerance: float = 0.05):
         super().__init__(a, b, tolerance=tolerance)
@@ -228,16 +238,16 @@ class Boundary(_Pair):
         if not (self.margin >= 0 and math.isfinite(self.margin)):
             raise ValueError(f"boundary margin must be a finite number >= 0, got {margin}")
 
-    def constraints(self, probs) -> tuple[torch.Tensor, torch.Tensor]:
+    def constraints(self, probs, log_probs=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``h [...]`` (equality, ``= 0`` on the boundary) and ``g [..., 2(K-2)]`` (inequalities, ``<= 0`` when met)."""
-        llh = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+        llh = _log(probs, log_probs)
         keep = [k for k in range(probs.shape[-1]) if k not in (self.a, self.b)]
         la, lb, lk = llh[..., self.a], llh[..., self.b], llh[..., keep]
         g = torch.cat([self.margin - (la.unsqueeze(-1) - lk), self.margin - (lb.unsqueeze(-1) - lk)], dim=-1)
         return la - lb, g
 
-    def statistic(self, probs):
-        h, g = self.constraints(probs)
+    def statistic(self, probs, log_probs=None):
+        h, g = self.constraints(probs, log_probs)
         violation = g.clamp_min(0).amax(dim=-1) if g.shape[-1] else torch.zeros_like(h)
         return torch.stack([h, violation], dim=-1)
 
