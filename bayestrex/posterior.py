@@ -175,10 +175,15 @@ class Posterior(LogDensity):
         return logits
 
     def _probe_generator(self, z: torch.Tensor) -> torch.Tensor:
-        """``generator(z)``; a shape error (the generator takes another latent size) names ``latent_dim``."""
+        """``generator(z)``; a shape error (the generator takes another latent size) names ``latent_dim``, a dtype
+        error (a function wrapping a model of another dtype) says how the codes' dtype is chosen."""
         try:
             return self.generator(z)
         except RuntimeError as e:
+            if "dtype" in str(e) or "type (" in str(e):
+                raise ValueError(f"dtype mismatch: the generator failed on {z.dtype} latent codes ({e}); the codes take "
+                                 "the dtype of the generator's parameters when it is an nn.Module (else float32): "
+                                 "pass the module itself, or convert its parameters to float32") from None
             if "shape" not in str(e) and "size" not in str(e):
                 raise
             raise ValueError(f"latent_dim={self.latent_dim} does not fit the generator: it failed on a batch of shape "
@@ -191,11 +196,14 @@ class Posterior(LogDensity):
             return self.classifier(x)
         except RuntimeError as e:
             want = _module_dtype(self.classifier)
-            if want is None or want == x.dtype or "type" not in str(e):
-                raise
-            raise ValueError(f"dtype mismatch: the generator returns {x.dtype} but the classifier's parameters are "
-                             f"{want}; convert one of the models, e.g. classifier.to({x.dtype}) or "
-                             f"generator.to({want})") from None
+            if want is not None and want != x.dtype and "type" in str(e):
+                raise ValueError(f"dtype mismatch: the generator returns {x.dtype} but the classifier's parameters "
+                                 f"are {want}; convert one of the models, e.g. classifier.to({x.dtype}) or "
+                                 f"generator.to({want})") from None
+            if "dtype" in str(e) or "type (" in str(e):  # a function around a model: its parameters are hidden
+                raise ValueError(f"dtype mismatch: the classifier failed on the generator's {x.dtype} outputs ({e}); "
+                                 "convert one of the models so that both use one dtype") from None
+            raise
 
     def _check_sigma(self, probs: torch.Tensor) -> None:
         """Refuse a ``sigma`` so small that the likelihood's ``((u - u*) / sigma)²`` or its gradient
