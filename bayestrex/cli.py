@@ -23,13 +23,13 @@ def _write_table(rows: list[dict], out: Path, stem: str) -> str:
     return md
 
 
-def _sample_and_report(target, vae, clf, out: Path, args, prefix: str) -> dict:
+def _sample_and_report(target, vae, clf, out: Path, args, prefix: str, **checkpointing) -> dict:
     """Sample one target, write its figures and result file, return its overview row."""
     import bayestrex as bt
 
     result = bt.sample(vae.decoder, clf, target, num_chains=args.chains, num_samples=args.samples,
                        warmup=_warmup(args), sigma=args.sigma, kernel=_kernel(args), seed=args.seed,
-                       progress=not args.quiet)
+                       progress=not args.quiet, **checkpointing)
     result.info.update(dataset=args.dataset, generator="vae", classifier="classifier",  # for `bayestrex report`
                        models_sha256={n: m.meta.get("sha256") for n, m in (("vae", vae), ("classifier", clf))
                                       if hasattr(m, "meta")})
@@ -160,21 +160,66 @@ def _demo(args, done: list[str]) -> int:
     return 0
 
 
+#: a run folder's record of the arguments of `bayestrex sample` (what --resume reruns) and its checkpoint file
+RUN_ARGS, CHECKPOINT = "run.json", "checkpoint.pt"
+#: kernels whose runs `bayestrex sample` checkpoints (the others keep state a checkpoint cannot hold)
+RESUMABLE = ("hmc", "chees", "slice", "mh", "constrained")
+
+
 def cmd_sample(args) -> int:
     from .io import run_folder
 
+    if args.resume is None and (args.target is None or args.out is None):
+        raise ValueError("--target and --out are required (or --resume RUN to continue a run)")
+    if args.resume is not None:
+        args = _resumed_args(args)
     with run_folder(args.out, "--out") as out:  # checked and locked before any sampling
         return _sample_into(args, out)
 
 
+def _resumed_args(args):
+    """The arguments of the run in ``args.resume`` (its run.json), to continue it; --quiet may be given anew."""
+    run = Path(args.resume)
+    saved = run / RUN_ARGS
+    if not saved.is_file():
+        raise ValueError(f"--resume {run}: no {RUN_ARGS} there (not a folder written by bayestrex sample --out)")
+    if args.target is not None or args.out not in (None, str(run)):
+        raise ValueError("--resume takes its target, folder and settings from the run; do not pass --target or --out")
+    try:
+        resumed = argparse.Namespace(**json.loads(saved.read_text()))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"--resume {run}: {saved} cannot be read: {e}") from None
+    if not (run / CHECKPOINT).exists() and (run / "result.nc").exists():
+        import bayestrex as bt
+
+        if not bt.load(run / "result.nc").stopped:
+            raise ValueError(f"--resume {run}: that run finished; its result is {run / 'result.nc'}")
+    resumed.quiet, resumed.resume, resumed.out, resumed.func = args.quiet, str(run), str(run), args.func
+    return resumed
+
+
 def _sample_into(args, out: Path) -> int:
+    from .io import write_json
+
+    checkpointing = {}
+    if args.kernel in RESUMABLE:
+        checkpointing = dict(checkpoint=out / CHECKPOINT, checkpoint_every=args.checkpoint_every)
+        if args.resume is not None:
+            checkpointing["resume"] = out / CHECKPOINT
+    if args.resume is None:
+        write_json({k: v for k, v in vars(args).items() if k != "func"}, out / RUN_ARGS)
     vae, clf = _setup(args)
-    row = _sample_and_report(args.target, vae, clf, out, args, prefix="")
+    row = _sample_and_report(args.target, vae, clf, out, args, prefix="", **checkpointing)
     print(_write_table([row], out, "summary"))
     import bayestrex as bt
 
     result = bt.load(out / "result.nc")
     _print_summary(result)
+    if result.stopped:
+        print(f"\n{result.stopped}: kept {result.num_draws} of {args.samples} draws per chain in {out}/result.nc "
+              "(marked partial)" + (f"; continue with: bayestrex sample --resume {out}" if checkpointing else ""),
+              file=sys.stderr)
+        return 130 if result.stopped == "interrupted" else 1
     print(f"\nwrote result.nc, images.png, statistics.png, trace.png and summary.md to {out}/")
     return 0
 
@@ -497,6 +542,16 @@ def _threads(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
+    return value
+
+
 def _seed(text: str) -> int:
     """argparse type of --seed: an integer in [0, 2**63)."""
     try:
@@ -567,9 +622,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample one target; write the result file, figures and summary",
                        description="Sample one target and write result.nc, images.png, statistics.png, trace.png "
                                    "and summary.md into --out.")
-    p.add_argument("--target", required=True, help="e.g. high:0, ambiguous:3,8, uniform, graded:1,7,0.3")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--target", default=None, help="e.g. high:0, ambiguous:3,8, uniform, graded:1,7,0.3")
+    p.add_argument("--out", default=None, help="output folder")
     _sampling_args(p, chains=4, samples=300, warmup=300, kernel="nuts")
+    p.add_argument("--checkpoint-every", type=_seconds, default=60.0, metavar="SECONDS",
+                   help=f"{', '.join(RESUMABLE)}: save the run to --out/{CHECKPOINT} this often, and on Ctrl-C "
+                        "or SIGTERM (default: 60)")
+    p.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue the run in folder RUN (killed or interrupted) with its own arguments; its draws "
+                        "are those of an uninterrupted run")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("diagnose", help="print the summary and diagnostics of a saved result",
@@ -705,6 +766,13 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"bayestrex {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        more = ""
+        if args.command == "sample" and getattr(args, "kernel", None) in RESUMABLE and (args.out or args.resume):
+            more = f"; continue with: bayestrex sample --resume {args.resume or args.out}"
+        what = "interrupted before the first kept draw" if args.command == "sample" else "interrupted"
+        print(f"bayestrex {args.command}: {what}{more}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

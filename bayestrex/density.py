@@ -127,7 +127,7 @@ class LogDensity:
     @torch.no_grad()
     def initial_points(self, num_chains: int, *, seed: int = 0, candidates: int | None = None, pool: int | None = None,
                        optimize_steps: int = 200, learning_rate: float = 0.05,
-                       batch_size: int = 4096) -> torch.Tensor:
+                       batch_size: int = 4096, callback=None) -> torch.Tensor:
         """Distinct starting codes ``[num_chains, d]`` in the posterior's main basin, spread over it.
 
         1. ``candidates`` prior draws (default ``max(4096, 16 C)``); keep a ``pool`` of them (default ``4 C``) by
@@ -142,6 +142,9 @@ class LogDensity:
         Starting points do not bias MCMC, but an MCMC chain that cannot cross between disconnected pieces of a level
         set keeps the piece it starts in: the pieces' shares are then those of the starting points (without
         replacement, not the posterior's). Tempered SMC (``kernel="smc"``) gives pieces their weights.
+
+        ``callback(done, total)``, if given, is called after each batched evaluation and optimisation step (a
+        progress bar: ``sample`` shows one, as this takes minutes for thousands of chains).
         """
         if self.per_chain:
             raise ValueError("initial_points needs one prior centre for all chains; with a per-chain prior_loc "
@@ -149,18 +152,35 @@ class LogDensity:
         n = candidates or max(4096, 16 * num_chains)
         m = min(n, pool or 4 * num_chains)
         g = torch.Generator().manual_seed(seed)
+        steps = optimize_steps if self.differentiable else 0
+        total, done = -(-n // batch_size) + steps + -(-m // batch_size), 0
+
+        def tick():
+            nonlocal done
+            done += 1
+            if callback is not None:
+                callback(done, total)
+
+        def batched(f, z):
+            out = []
+            for b in z.split(batch_size):
+                out.append(f(b))
+                tick()
+            return torch.cat(out)
+
         z = self.prior_draws(n, g)
-        loglik = torch.cat([self.evaluate(b)[1]["log_likelihood"] for b in z.split(batch_size)])
+        loglik = batched(lambda b: self.evaluate(b)[1]["log_likelihood"], z)
         z = z[_gumbel_top_k(loglik, m, g)]
-        if optimize_steps > 0 and self.differentiable:
+        if steps > 0:
             z = z.clone().requires_grad_(True)
             opt = torch.optim.Adam([z], lr=learning_rate)
-            for _ in range(optimize_steps):
+            for _ in range(steps):
                 _, grad, _ = self.potential_and_grad(z.detach())
                 z.grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
                 opt.step()
+                tick()
             z = z.detach()
-        log_density = torch.cat([self.log_density(b) for b in z.split(batch_size)])
+        log_density = batched(self.log_density, z)
         return z[_gumbel_top_k(log_density, num_chains, g)]
 
     def tempered(self, beta: float | torch.Tensor) -> LogDensity:

@@ -12,7 +12,11 @@ number of stages it chooses) provides ``warmup(density, state, num_warmup, rng)`
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -20,9 +24,10 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import Checkpoint, decode, encode
 from .kernels.base import Warmed
 
-__all__ = ["Draws", "Warmed", "run", "SamplingStopped", "adaptive_warmup"]  # Warmed: from kernels.base
+__all__ = ["Draws", "Warmed", "run", "SamplingStopped", "progress_bar"]  # Warmed: from kernels.base
 
 
 class SamplingStopped(RuntimeWarning):
@@ -40,20 +45,6 @@ class Draws:
     info: dict = field(default_factory=dict)  #: kernel settings and totals (density evaluations, seconds)
     groups: dict[str, dict] = field(default_factory=dict)  #: extra DataTree groups from warmup (e.g. ``smc``)
     stopped: str | None = None  #: why the run stopped early (None: it finished)
-
-
-def adaptive_warmup(kernel, density, state, num_warmup: int, rng: torch.Generator):
-    """The usual warmup: ``num_warmup`` transitions, each followed by the adaptation's ``update``. A generator that
-    yields ``(info, None)`` per iteration and returns a :class:`~bayestrex.kernels.base.Warmed`."""
-    adaptation = kernel.adaptation(density, state.z, num_warmup)
-    astate = adaptation.init(state, num_warmup)
-    for it in range(num_warmup):
-        params = adaptation.parameters(astate, it, rng)
-        new, info = kernel.step(density, state, params, rng)
-        astate = adaptation.update(astate, it, state, new, info, params)
-        state = new
-        yield info, None
-    return Warmed(state, adaptation, adaptation.final(astate))
 
 
 class _Recorder:
@@ -85,13 +76,31 @@ class _Recorder:
             self.stats[k][:, t] = getattr(info, k).detach().cpu()
         self.n += 1
 
-    def kept(self) -> tuple[torch.Tensor, dict, dict]:
-        n = self.n
+    def restore(self, z: torch.Tensor, aux: dict, stats: dict) -> None:
+        """Put back draws kept before a checkpoint: ``z [C, n, ...]`` and dicts of ``[C, n, ...]``."""
+        self.n = n = z.shape[1]
+        if n == 0:
+            return
+        self.z = self._buffer((self.C, self.S, *z.shape[2:]), z)
+        self.aux = {k: self._buffer((self.C, self.S, *v.shape[2:]), v) for k, v in aux.items()}
+        self.stats = {k: self._buffer((self.C, self.S), v) for k, v in stats.items()}
+        self.z[:, :n] = z
+        for k, v in aux.items():
+            self.aux[k][:, :n] = v
+        for k, v in stats.items():
+            self.stats[k][:, :n] = v
+
+    def kept(self, n: int | None = None) -> tuple[torch.Tensor, dict, dict]:
+        """The first ``n`` kept draws (default: all so far); empty tensors before the first draw."""
+        n = self.n if n is None else n
+        if self.z is None:
+            empty = torch.zeros(self.C, 0)
+            return empty, {}, {}
         return self.z[:, :n], {k: v[:, :n] for k, v in self.aux.items()}, {k: v[:, :n] for k, v in self.stats.items()}
 
 
 def run(kernel, density, z0: torch.Tensor, *, num_samples: int, warmup: int, seed: int,
-        progress: bool = True) -> Draws:
+        progress: bool = True, checkpoint: Checkpoint | None = None, resume: dict | None = None) -> Draws:
     """Run ``kernel`` on ``density`` from ``z0 [C, d]``: ``warmup`` adaptation iterations, then ``num_samples``
     kept draws per chain. Same seed, same draws (on CPU).
 
@@ -99,27 +108,35 @@ def run(kernel, density, z0: torch.Tensor, *, num_samples: int, warmup: int, see
     ``Draws.failed`` and holds NaN draws from then on. When the whole step fails or the user interrupts, the run
     stops, keeps the draws made so far, marks them (``Draws.stopped``) and warns with :class:`SamplingStopped`;
     an interrupt or error before the first kept draw is raised.
+
+    ``checkpoint`` (a :class:`~bayestrex.checkpoint.Checkpoint`) saves the run every ``checkpoint.every`` seconds,
+    when warmup ends, and when it stops early (SIGTERM is then handled as an interrupt); ``resume`` (a snapshot from
+    :func:`bayestrex.checkpoint.load`) continues such a run: the draws are those of an uninterrupted run.
     """
     C = z0.shape[0]
     rng = torch.Generator(device=z0.device).manual_seed(seed)
+    own_warmup = getattr(kernel, "warmup", None)
+    if (checkpoint is not None or resume is not None) and own_warmup is not None:
+        raise ValueError(f"checkpoint: kernel {kernel.name!r} runs its own warmup, which cannot be checkpointed; "
+                         "run it without checkpoint/resume")
     batched = getattr(kernel, "batched", True)
     gradients = bool(getattr(kernel, "needs_gradients", True))
     fields = tuple(kernel.recorded)
     recorder = _Recorder(C, num_samples, fields)
     failed: dict[int, str] = {}
-    calls = evals = 0
-    stopped = None
+    counts = [0, 0]  # density calls, density evaluations (calls x chains for batched kernels)
+    stopped = error = None
     t0 = time.perf_counter()
     warmup_seconds = 0.0
     state = kernel.init(density, z0, rng)
-    own_warmup = getattr(kernel, "warmup", None)
-    bar = tqdm(total=None if own_warmup else warmup + num_samples, desc=kernel.name, disable=not progress, unit="it")
+    total = None if own_warmup else warmup + num_samples
+    bar = tqdm(total=total, desc=kernel.name, disable=not progress, unit="it")
 
     def account(info, it, extra=None):
-        nonlocal calls, evals
         n = info.n_steps
         c = int(n.max()) if batched else int(n.sum())
-        calls, evals = calls + c, evals + (c * C if batched else c)
+        counts[0] += c
+        counts[1] += c * C if batched else c
         for chain, msg in getattr(info, "errors", {}).items():
             if chain not in failed:
                 failed[chain] = msg
@@ -130,52 +147,149 @@ def run(kernel, density, z0: torch.Tensor, *, num_samples: int, warmup: int, see
             bar.set_postfix(_postfix(info) | (extra or {}), refresh=False)
 
     try:
-        steps = (own_warmup(density, state, warmup, rng) if own_warmup is not None
-                 else adaptive_warmup(kernel, density, state, warmup, rng))
-        it = 0
-        while True:
-            try:
-                info, extra = next(steps)
-            except StopIteration as done:
-                warmed = done.value
-                break
-            account(info, it, extra)
-            it += 1
-        state, adaptation, astate = warmed.state, warmed.adaptation, warmed.astate
-        warmup_seconds = time.perf_counter() - t0
-        if bar.total != it + num_samples:  # a kernel whose warmup ran a number of stages of its own choosing
+        if own_warmup is not None:  # e.g. tempered SMC: stages of its own choosing, then the sampling iterations
+            steps, it = own_warmup(density, state, warmup, rng), 0
+            while True:
+                try:
+                    info, extra = next(steps)
+                except StopIteration as done:
+                    warmed = done.value
+                    break
+                account(info, it, extra)
+                it += 1
+            state, adaptation, astate, groups = warmed.state, warmed.adaptation, warmed.astate, dict(warmed.groups)
+            warmup_seconds = time.perf_counter() - t0
             bar.total = it + num_samples
             bar.refresh()
-        for s in range(num_samples):
-            params = adaptation.parameters(astate, warmup + s, rng)
-            try:
-                state, info = kernel.step(density, state, params, rng)
-            except KeyboardInterrupt:
-                if recorder.n == 0:
-                    raise  # nothing kept yet: the interrupt itself
-                stopped = "interrupted"
-                break
-            except Exception as e:  # noqa: BLE001 - the draws so far are kept, the error reported
-                if recorder.n == 0:
-                    raise
-                stopped = f"{type(e).__name__}: {e}"
-                break
-            recorder.record(state, info)
-            account(info, warmup + s)
+            start, end = warmup, warmup + num_samples
+        else:
+            adaptation = kernel.adaptation(density, state.z, warmup)
+            astate, groups, start, end = adaptation.init(state, warmup), {}, 0, warmup + num_samples
+            if resume is not None:
+                start, state, astate = _restore(resume, rng, recorder, failed, counts, state, astate, z0.device)
+                t0 -= resume["seconds"]
+                warmup_seconds = resume["warmup_seconds"]
+                bar.update(start)
+        with _interrupts_at_iteration_end(checkpoint is not None) as interrupted:
+            for it in range(start, end):
+                if it == warmup and own_warmup is None:
+                    warmup_seconds = time.perf_counter() - t0
+                    if checkpoint is not None and it > start:  # before `final`, which the resumed run applies
+                        checkpoint.write(_snapshot(it, state, astate, rng.get_state(), recorder, failed, counts,
+                                                   time.perf_counter() - t0, warmup_seconds, warmup))
+                    astate = adaptation.final(astate)
+                rng_before = rng.get_state() if checkpoint is not None else None
+                try:
+                    params = adaptation.parameters(astate, it, rng)
+                    new, info = kernel.step(density, state, params, rng)
+                    new_astate = adaptation.update(astate, it, state, new, info, params) if it < warmup else astate
+                    if it >= warmup:
+                        recorder.record(new, info)
+                except (KeyboardInterrupt, Exception) as e:  # noqa: BLE001 - the draws so far are kept, the error named
+                    error, resume_at, rng_state = e, it, rng_before
+                else:
+                    state, astate = new, new_astate
+                    account(info, it)
+                    if interrupted() and it + 1 < end:
+                        error, resume_at, rng_state = KeyboardInterrupt(), it + 1, rng.get_state()
+                    elif checkpoint is not None and checkpoint.due() and it + 1 < end:
+                        checkpoint.write(_snapshot(it + 1, state, astate, rng.get_state(), recorder, failed, counts,
+                                                   time.perf_counter() - t0, warmup_seconds, warmup))
+                if error is not None:
+                    if checkpoint is not None:
+                        checkpoint.write(_snapshot(resume_at, state, astate, rng_state, recorder, failed, counts,
+                                                   time.perf_counter() - t0, warmup_seconds, warmup))
+                    if recorder.n == 0:  # nothing kept yet: the interrupt or error itself
+                        raise error
+                    stopped = ("interrupted" if isinstance(error, KeyboardInterrupt)
+                               else f"{type(error).__name__}: {error}")
+                    break
     finally:
         bar.close()
     if stopped is not None:
         warnings.warn(f"{kernel.name}: sampling stopped after {recorder.n} of {num_samples} draws ({stopped}); "
                       "the draws so far are kept and marked partial", SamplingStopped, stacklevel=2)
+    elif checkpoint is not None:
+        checkpoint.finish()
     z, aux, stats = recorder.kept()
     seconds = time.perf_counter() - t0
     info = dict(kernel=kernel.name, **adaptation.describe(astate), sampling_seconds=seconds,
                 warmup_seconds=warmup_seconds, draws_done=recorder.n)
+    calls, evals = counts
     if gradients:
         info.update(grad_calls=calls, grad_evals=evals)
     else:
         info.update(likelihood_calls=calls, likelihood_evals=evals, grad_evals=0)
-    return Draws(z=z, aux=aux, stats=stats, failed=failed, info=info, groups=dict(warmed.groups), stopped=stopped)
+    if resume is not None:
+        info.update(resumed_at_iteration=int(resume["iteration"]))
+    return Draws(z=z, aux=aux, stats=stats, failed=failed, info=info, groups=groups, stopped=stopped)
+
+
+def _snapshot(it, state, astate, rng_state, recorder, failed, counts, seconds, warmup_seconds, warmup) -> dict:
+    """Everything needed to continue before iteration ``it``: the draws kept in iterations ``< it`` only (an
+    interrupt may land after a draw was recorded but before its iteration ended)."""
+    kept = max(0, it - warmup)
+    z, aux, stats = recorder.kept(kept)
+    return dict(iteration=it, state=encode(state), astate=encode(astate), rng=rng_state.clone(),
+                z=z.clone(), aux={k: v.clone() for k, v in aux.items()}, stats={k: v.clone() for k, v in stats.items()},
+                failed={int(k): str(v) for k, v in failed.items()}, counts=list(counts), seconds=float(seconds),
+                warmup_seconds=float(warmup_seconds))
+
+
+def _restore(snapshot, rng, recorder, failed, counts, state, astate, device):
+    """Put a snapshot back: the random stream, the kept draws, failed chains, counters; returns the iteration to
+    continue from and the kernel and adaptation states (rebuilt against fresh ones of the same kernel)."""
+    rng.set_state(snapshot["rng"])
+    recorder.restore(snapshot["z"], snapshot["aux"], snapshot["stats"])
+    failed.update({int(k): v for k, v in snapshot["failed"].items()})
+    counts[:] = snapshot["counts"]
+    return (int(snapshot["iteration"]), decode(state, snapshot["state"], device),
+            decode(astate, snapshot["astate"], device))
+
+
+@contextlib.contextmanager
+def _interrupts_at_iteration_end(sigterm: bool):
+    """Ctrl-C (and SIGTERM when ``sigterm``, a checkpointed run) ends the run at the end of the iteration in
+    progress: yields a function telling whether one arrived. A second Ctrl-C raises ``KeyboardInterrupt`` at once.
+    Handlers are installed in the main thread only (elsewhere Python delivers no signals) and put back after."""
+    caught = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def handler(signum, frame):
+        if caught:
+            raise KeyboardInterrupt
+        caught.append(signum)
+        sys.stderr.write("\nstopping at the end of this iteration (Ctrl-C again to stop at once)\n")
+
+    names = [signal.SIGINT] + ([signal.SIGTERM] if sigterm else [])
+    names = [n for n in names if signal.getsignal(n) is not signal.SIG_IGN]  # e.g. a background job: keep ignoring
+    previous = {name: signal.signal(name, handler) for name in names}
+    try:
+        yield lambda: bool(caught)
+    finally:
+        for name, old in previous.items():
+            signal.signal(name, old)
+
+
+@contextlib.contextmanager
+def progress_bar(desc: str, enabled: bool = True):
+    """A progress bar for set-up work before the run (e.g. starting points): yields ``update(done, total)``. Kept
+    here so that every progress bar of a run is the driver's."""
+    bar = tqdm(total=None, desc=desc, disable=not enabled, unit="step", leave=False)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.n = done
+        if done == total or done % 10 == 0:
+            bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 def _postfix(info) -> dict:

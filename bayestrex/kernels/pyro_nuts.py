@@ -132,6 +132,7 @@ class PyroNUTS:
     """
 
     needs_gradients = True
+    checkpoints = False  #: Pyro's kernel keeps its adaptation inside objects we do not own: no resumable runs
     recorded = ("diverging", "step_size", "tree_depth", "n_steps", "energy")
 
     def __init__(self, chains: str = "independent", *, target_accept: float = 0.8, max_tree_depth: int = 10,
