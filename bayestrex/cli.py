@@ -87,9 +87,14 @@ def _setup(args):
 
 def _demo_target(args, target: str) -> dict:
     """One demo target in a worker process: load the models, sample, write figures, return the table row."""
+    import bayestrex as bt
+
     vae, clf = _setup(args)
     slug = target.replace(":", "_").replace(",", "_")
-    return _sample_and_report(target, vae, clf, Path(args.out), args, prefix=f"{slug}-")
+    row = _sample_and_report(target, vae, clf, Path(args.out), args, prefix=f"{slug}-")
+    if bt.load(Path(args.out) / f"{slug}-result.nc").stopped == "interrupted":
+        raise KeyboardInterrupt  # Ctrl-C in this process: the driver kept a partial result; the rest is cancelled
+    return row
 
 
 def cmd_demo(args) -> int:
@@ -104,7 +109,7 @@ def cmd_demo(args) -> int:
             left = len(args.targets) - len(done)
             print(f"bayestrex demo: interrupted: {len(done)} of {len(args.targets)} targets finished"
                   + (f" ({', '.join(done)}; their files are in {out}/)" if done else "")
-                  + f"; the other {left} were cancelled", file=sys.stderr)
+                  + f"; the other {left} were stopped or cancelled", file=sys.stderr)
             return 130
 
 

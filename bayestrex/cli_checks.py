@@ -117,7 +117,8 @@ def read_image(path: str, arg: str = "--image"):
     try:
         pixels = matplotlib.image.imread(p)
     except Exception as e:  # noqa: BLE001 - PIL and matplotlib raise many types for files they cannot decode
-        raise ValueError(f"{arg} {path} is not a readable image file (PNG, JPEG, ...): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        why = (str(e).splitlines() or [""])[0]
+        raise ValueError(f"{arg} {path} is not a readable image file (PNG, JPEG, ...): {type(e).__name__}: {why}"
                          ) from None
     img = torch.as_tensor(pixels, dtype=torch.float32)
     if img.dim() == 3:  # RGB(A) -> gray

@@ -181,8 +181,8 @@ class Posterior(LogDensity):
             return self.generator(z)
         except RuntimeError as e:
             if "dtype" in str(e) or "type (" in str(e):
-                raise ValueError(f"dtype mismatch: the generator failed on {z.dtype} latent codes ({e}); the codes take "
-                                 "the dtype of the generator's parameters when it is an nn.Module (else float32): "
+                raise ValueError(f"dtype mismatch: the generator failed on {z.dtype} latent codes ({e}); the codes "
+                                 "take the dtype of the generator's parameters when it is an nn.Module (else float32): "
                                  "pass the module itself, or convert its parameters to float32") from None
             if "shape" not in str(e) and "size" not in str(e):
                 raise

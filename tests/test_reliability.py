@@ -258,7 +258,8 @@ def test_bad_cli_input_is_one_line_exit_2(argv, words, tmp_path, capsys, monkeyp
     monkeypatch.setattr(nets, "train", lambda *a, **k: pytest.fail("trained despite bad input"))
     from bayestrex import intervention, sbc
 
-    for module, name in ((bt.special, "xgems"), (bt.special, "cdeepex"), (sbc, "simulate"), (intervention, "intervene")):
+    work = ((bt.special, "xgems"), (bt.special, "cdeepex"), (sbc, "simulate"), (intervention, "intervene"))
+    for module, name in work:
         monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("worked despite bad input"))
     afile = tmp_path / "f.nc"
     afile.write_text("not a result")
@@ -266,7 +267,8 @@ def test_bad_cli_input_is_one_line_exit_2(argv, words, tmp_path, capsys, monkeyp
     import matplotlib.image
 
     matplotlib.image.imsave(tmp_path / "small.png", torch.rand(5, 5).numpy(), cmap="gray")
-    paths = dict(tmp=tmp_path / "run", file=afile, dir=tmp_path, empty=tmp_path / "empty.png", png=tmp_path / "small.png")
+    paths = dict(tmp=tmp_path / "run", file=afile, dir=tmp_path, empty=tmp_path / "empty.png",
+                 png=tmp_path / "small.png")
     rc, err = run_cli([a.format(**paths) for a in argv], capsys)
     assert rc == 2 and err.count("\n") == 1 and words in err and "Traceback" not in err, err
 
@@ -363,21 +365,25 @@ def test_cli_sigma_too_small_fails_in_one_line_before_sampling(tmp_path, capsys,
 
 
 # -- Ctrl-C in demo ---------------------------------------------------------------------------------------------
-def test_demo_interrupted_in_process_reports_what_finished(tmp_path, capsys, monkeypatch):
+def test_demo_interrupted_in_process_cancels_the_targets_after_the_partial_one(tmp_path, capsys, monkeypatch):
+    """With --jobs 1 the first Ctrl-C reaches the driver, which keeps a partial result: the demo stops there."""
     from bayestrex import cli
 
-    def fake_target(args, target):
-        if target == "uniform":
-            raise KeyboardInterrupt
-        (tmp_path / "run" / f"{target}.done").write_text("")
+    def fake_sample_and_report(target, vae, clf, out, args, prefix):
+        res = small_result()
+        res.stopped = "interrupted" if target == "uniform" else None  # Ctrl-C during the second target
+        res.save(out / f"{prefix}result.nc")
         return {"target": target}
 
-    monkeypatch.setattr(cli, "_demo_target", fake_target)
+    monkeypatch.setattr(cli, "_setup", lambda args: (None, None))
+    monkeypatch.setattr(cli, "_sample_and_report", fake_sample_and_report)
     rc, err = run_cli(["demo", "--out", str(tmp_path / "run"), "--jobs", "1", "--quiet",
                        "--targets", "high:0", "uniform", "high:1"], capsys)
     assert rc == 130 and err.count("\n") == 1 and "Traceback" not in err
-    assert "interrupted: 1 of 3 targets finished (high:0; their files are in" in err and "other 2 were cancelled" in err
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["high:0.done"]  # the lock is gone too
+    assert "interrupted: 1 of 3 targets finished (high:0; their files are in" in err
+    assert "the other 2 were stopped or cancelled" in err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["high_0-result.nc", "uniform-result.nc"]
+    assert bt.load(tmp_path / "run" / "uniform-result.nc").stopped == "interrupted"  # kept, marked partial
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "killpg"), reason="needs POSIX signals and process groups")
