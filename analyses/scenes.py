@@ -47,6 +47,12 @@ def counter(out: Path, render, *, scenes: int, epochs: int, progress: bool):
     return cached_model(out / "models" / "counter.pt", train)
 
 
+def distinct(z: torch.Tensor, hits: torch.Tensor) -> int:
+    """Distinct hit states: ``z [C, S, d]``, ``hits [C, S]``; an MH chain repeats its state after a rejected move, so
+    the number of hits overstates what was found. Counted per chain (chains do not share states)."""
+    return sum(len(torch.unique(z[c][hits[c]], dim=0)) for c in range(z.shape[0]))
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description="CLEVR-style scene study: MH over scenes vs prior sampling")
     p.add_argument("--out", default=str(RESULTS / "studies" / "scenes"))
@@ -91,6 +97,8 @@ def main(argv=None) -> dict:
         circles = count(result.z.reshape(-1, result.z.shape[-1]))
         rows.append({"study": name, "chains x draws": f"{args.chains} x {args.samples}", "evaluations": evals,
                      "hits": int(hits.sum()), "hits per 1000 evals": round(1000 * int(hits.sum()) / evals, 2),
+                     "distinct hit states": distinct(result.z, hits),
+                     "distinct per 1000 evals": round(1000 * distinct(result.z, hits) / evals, 2),
                      "prior hits per 1000": round(1000 * int(prior_hits.sum()) / n_prior, 2),
                      "true circle counts in draws": ",".join(f"{k}:{int((circles == k).sum())}"
                                                             for k in range(MAX_COUNT + 1) if (circles == k).any()),

@@ -218,3 +218,14 @@ def test_exemplars_study_smoke(tmp_path, tiny_zoo):
     for r in rows:
         reached = int(r["ES reached"].split("/")[0])
         assert r["ES forward passes (median)"] is None or (reached and r["ES forward passes (median)"] % 40 == 10)
+
+
+def test_readme_quick_start_is_the_timed_code_and_its_figures_are_recorded():
+    quick = _module("quickstart")
+    code = quick.quick_start_code()
+    compile(code, "README quick start", "exec")  # valid python, as written
+    assert "bt.sample(" in code and "kernel=ChEES(max_steps=32)" in code
+    timing = json.loads((ROOT / "analyses/results/quickstart/timing.json").read_text())
+    assert timing["under_a_minute_of_cpu"] and timing["cpu_seconds"] < 60
+    readme = (ROOT / "README.md").read_text()
+    assert f"{round(timing['cpu_seconds'])} s of CPU time" in readme  # the README quotes the recorded run

@@ -191,3 +191,35 @@ def test_bad_arguments(kwargs, message):
     kw = dict(target="high:1", num_chains=4, num_samples=5, warmup=5, progress=False) | kwargs
     with pytest.raises(ValueError, match=message):
         bt.sample(Identity(), logistic, kw.pop("target"), **kw)
+
+
+def test_sample_runs_on_one_thread_by_default_puts_it_back_and_shows_starting_point_progress(capsys):
+    torch.manual_seed(0)
+    seen = []
+
+    class Recording(torch.nn.Module):
+        latent_dim = 2
+
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 3)
+
+        def forward(self, z):
+            seen.append(torch.get_num_threads())
+            return self.lin(z)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        bt.sample(Recording(), torch.nn.Identity(), "high:0", num_chains=4, num_samples=3, warmup=3, kernel="chees",
+                  progress=True)
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+        assert "starting points" in capsys.readouterr().err
+        seen.clear()
+        bt.sample(Recording(), torch.nn.Identity(), "high:0", num_chains=4, num_samples=3, warmup=3, kernel="chees",
+                  progress=False, threads=None)
+        assert set(seen) == {2}
+        with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+            bt.sample(Recording(), torch.nn.Identity(), "high:0", threads=0)
+    finally:
+        torch.set_num_threads(before)
