@@ -227,7 +227,7 @@ def test_intervene_command_writes_pictures_and_numbers_and_refuses_bad_input(tmp
     capsys.readouterr()
     for extra, message in ((["--to", "12"], "--to must be a class index in [0, 9]"),
                            (["--target", "sure:4"], "unknown target 'sure:4'"),
-                           (["--to", "4", "--flip-prob", "1.5"], "flip_prob must be in (0, 1)")):
+                           (["--to", "4", "--flip-prob", "1.5"], "--flip-prob must be a finite number in (0, 1)")):
         assert main(["intervene", *args, *extra]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
