@@ -12,7 +12,8 @@ pytestmark = pytest.mark.slow
 def test_ambiguous_3_8_with_8_chains_by_300_draws():
     # Measured 2026-11-27 (2 cores, one busy): 1016 s, blended 98.2%, R-hat 1.017, ESS bulk 507 / tail 717, no
     # divergences. 2026-11-29 after the one-driver rewrite: passed in 6092 s at load 3-5 (analyses/results/driver/
-    # slow_suite.json, with a same-load comparison against the code before the rewrite: same draws, times within 3%). Pyro NUTS (dense mass, 300 warmup) gave R-hat 1.048 once and 1.076 once: borderline.
+    # slow_suite.json, with a same-load comparison against the code before the rewrite: same draws, times within 3%).
+    # Pyro NUTS (dense mass, 300 warmup) gave R-hat 1.048 once and 1.076 once: borderline.
     torch.set_num_threads(1)
     vae, clf = bt.nets.pretrained("digits")
     r = bt.sample(vae.decoder, clf, "ambiguous:3,8", num_chains=8, num_samples=300, warmup=600,
