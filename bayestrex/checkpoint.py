@@ -76,8 +76,10 @@ def decode(template, data, device: torch.device):
 def fingerprint(kernel, z0: torch.Tensor, *, num_samples: int, warmup: int, seed: int, **extra) -> dict:
     """What identifies a run: a resume must match every entry. ``z0 [C, d]`` enters by its SHA-256 (the starting
     points follow from the models, the target and the seed, so a change of models usually shows there too)."""
-    options = {k: v for k, v in sorted(vars(kernel).items()) if isinstance(v, (bool, int, float, str, type(None)))}
-    z = z0.detach().cpu().contiguous()
+    options = {k: (v if isinstance(v, (bool, int, float, str, type(None)))
+                   else getattr(v, "__qualname__", type(v).__qualname__))  # a user move: by its name
+               for k, v in sorted(vars(kernel).items())}
+    z = z0.detach().cpu().contiguous().view(torch.uint8)  # any dtype (bfloat16 has no numpy form)
     return dict(format=FORMAT, kernel=getattr(kernel, "name", type(kernel).__name__), kernel_options=repr(options),
                 num_chains=int(z0.shape[0]), latent_dim=int(z0.shape[1]), dtype=str(z0.dtype), num_samples=num_samples,
                 warmup=warmup, seed=seed, z0_sha256=hashlib.sha256(z.numpy().tobytes()).hexdigest(),
@@ -112,7 +114,11 @@ class Checkpoint:
         self.written += 1
 
     def finish(self) -> None:
-        self.path.unlink(missing_ok=True)
+        """Remove the checkpoint (a finished run's draws are in its result); one never written is no error."""
+        try:
+            self.path.unlink(missing_ok=True)
+        except NotADirectoryError:  # its folder could not be made (the writes warned already)
+            pass
 
 
 def load(path: str | os.PathLike, fingerprint: dict | None = None, arg: str = "resume") -> dict:

@@ -29,11 +29,13 @@ def _sample_and_report(target, vae, clf, out: Path, args, prefix: str, **checkpo
 
     result = bt.sample(vae.decoder, clf, target, num_chains=args.chains, num_samples=args.samples,
                        warmup=_warmup(args), sigma=args.sigma, kernel=_kernel(args), seed=args.seed,
-                       progress=not args.quiet, **checkpointing)
+                       progress=not args.quiet, threads=args.threads, **checkpointing)
     result.info.update(dataset=args.dataset, generator="vae", classifier="classifier",  # for `bayestrex report`
                        models_sha256={n: m.meta.get("sha256") for n, m in (("vae", vae), ("classifier", clf))
                                       if hasattr(m, "meta")})
     result.save(out / f"{prefix}result.nc")  # the draws first: a figure that fails cannot lose them
+    if checkpointing and not result.stopped:  # finished and saved: the checkpoint has served
+        Path(checkpointing["checkpoint"]).unlink(missing_ok=True)
     try:
         bt.plots.image_grid(result, path=out / f"{prefix}images.png")
         bt.plots.statistic_hist(result, path=out / f"{prefix}statistics.png")
@@ -208,7 +210,8 @@ def _sample_into(args, out: Path) -> int:
 
     checkpointing = {}
     if args.kernel in RESUMABLE:
-        checkpointing = dict(checkpoint=out / CHECKPOINT, checkpoint_every=args.checkpoint_every)
+        checkpointing = dict(checkpoint=out / CHECKPOINT, checkpoint_every=args.checkpoint_every,
+                             keep_checkpoint=True)
         if args.resume is not None:
             checkpointing["resume"] = out / CHECKPOINT
     if args.resume is None:
@@ -773,7 +776,8 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:
         more = ""
-        if args.command == "sample" and getattr(args, "kernel", None) in RESUMABLE and (args.out or args.resume):
+        if args.command == "sample" and (getattr(args, "resume", None)
+                                         or (getattr(args, "kernel", None) in RESUMABLE and args.out)):
             more = f"; continue with: bayestrex sample --resume {args.resume or args.out}"
         what = "interrupted before the first kept draw" if args.command == "sample" else "interrupted"
         print(f"bayestrex {args.command}: {what}{more}", file=sys.stderr)

@@ -172,11 +172,12 @@ def run(kernel, density, z0: torch.Tensor, *, num_samples: int, warmup: int, see
                 bar.update(start)
         with _interrupts_at_iteration_end(checkpoint is not None) as interrupted:
             for it in range(start, end):
+                boundary = astate  # the adaptation before `final`: what a snapshot at iteration `warmup` holds
                 if it == warmup and own_warmup is None:
                     warmup_seconds = time.perf_counter() - t0
                     if checkpoint is not None and it > start:  # before `final`, which the resumed run applies
-                        checkpoint.write(_snapshot(it, state, astate, rng.get_state(), recorder, failed, counts,
-                                                   time.perf_counter() - t0, warmup_seconds, warmup))
+                        _write(checkpoint, _snapshot(it, state, astate, rng.get_state(), recorder, failed, counts,
+                                                     time.perf_counter() - t0, warmup_seconds, warmup))
                     astate = adaptation.final(astate)
                 rng_before = rng.get_state() if checkpoint is not None else None
                 try:
@@ -187,18 +188,26 @@ def run(kernel, density, z0: torch.Tensor, *, num_samples: int, warmup: int, see
                         recorder.record(new, info)
                 except (KeyboardInterrupt, Exception) as e:  # noqa: BLE001 - the draws so far are kept, the error named
                     error, resume_at, rng_state = e, it, rng_before
+                    if it == warmup and own_warmup is None:
+                        astate = boundary
                 else:
                     state, astate = new, new_astate
-                    account(info, it)
-                    if interrupted() and it + 1 < end:
-                        error, resume_at, rng_state = KeyboardInterrupt(), it + 1, rng.get_state()
-                    elif checkpoint is not None and checkpoint.due() and it + 1 < end:
-                        checkpoint.write(_snapshot(it + 1, state, astate, rng.get_state(), recorder, failed, counts,
-                                                   time.perf_counter() - t0, warmup_seconds, warmup))
+                    try:
+                        account(info, it)
+                        if interrupted() and it + 1 < end:
+                            error, resume_at, rng_state = KeyboardInterrupt(), it + 1, rng.get_state()
+                        elif checkpoint is not None and checkpoint.due() and it + 1 < end:
+                            _write(checkpoint, _snapshot(it + 1, state, astate, rng.get_state(), recorder, failed,
+                                                         counts, time.perf_counter() - t0, warmup_seconds, warmup))
+                    except KeyboardInterrupt as e:  # a second Ctrl-C after this iteration was kept
+                        error, resume_at, rng_state = e, it + 1, rng.get_state()
                 if error is not None:
-                    if checkpoint is not None:
-                        checkpoint.write(_snapshot(resume_at, state, astate, rng_state, recorder, failed, counts,
-                                                   time.perf_counter() - t0, warmup_seconds, warmup))
+                    if checkpoint is not None and resume_at < end:
+                        try:
+                            _write(checkpoint, _snapshot(resume_at, state, astate, rng_state, recorder, failed,
+                                                         counts, time.perf_counter() - t0, warmup_seconds, warmup))
+                        except KeyboardInterrupt:  # the previous checkpoint stays, complete
+                            pass
                     if recorder.n == 0:  # nothing kept yet: the interrupt or error itself
                         raise error
                     stopped = ("interrupted" if isinstance(error, KeyboardInterrupt)
@@ -209,8 +218,6 @@ def run(kernel, density, z0: torch.Tensor, *, num_samples: int, warmup: int, see
     if stopped is not None:
         warnings.warn(f"{kernel.name}: sampling stopped after {recorder.n} of {num_samples} draws ({stopped}); "
                       "the draws so far are kept and marked partial", SamplingStopped, stacklevel=2)
-    elif checkpoint is not None:
-        checkpoint.finish()
     z, aux, stats = recorder.kept()
     seconds = time.perf_counter() - t0
     info = dict(kernel=kernel.name, **adaptation.describe(astate), sampling_seconds=seconds,
@@ -223,6 +230,15 @@ def run(kernel, density, z0: torch.Tensor, *, num_samples: int, warmup: int, see
     if resume is not None:
         info.update(resumed_at_iteration=int(resume["iteration"]))
     return Draws(z=z, aux=aux, stats=stats, failed=failed, info=info, groups=groups, stopped=stopped)
+
+
+def _write(checkpoint: Checkpoint, snapshot: dict) -> None:
+    """Write a checkpoint; a failure to write (a full disk, a lost folder) warns and the run goes on."""
+    try:
+        checkpoint.write(snapshot)
+    except OSError as e:
+        warnings.warn(f"could not write the checkpoint {checkpoint.path}: {e}; the run goes on without it",
+                      RuntimeWarning, stacklevel=3)
 
 
 def _snapshot(it, state, astate, rng_state, recorder, failed, counts, seconds, warmup_seconds, warmup) -> dict:
@@ -261,10 +277,12 @@ def _interrupts_at_iteration_end(sigterm: bool):
         if caught:
             raise KeyboardInterrupt
         caught.append(signum)
-        sys.stderr.write("\nstopping at the end of this iteration (Ctrl-C again to stop at once)\n")
+        with contextlib.suppress(RuntimeError):  # a reentrant write if the signal interrupted one
+            sys.stderr.write("\nstopping at the end of this iteration (again to stop at once)\n")
 
     names = [signal.SIGINT] + ([signal.SIGTERM] if sigterm else [])
-    names = [n for n in names if signal.getsignal(n) is not signal.SIG_IGN]  # e.g. a background job: keep ignoring
+    # an ignored signal (a background job, a worker) stays ignored; a handler installed from C (None) is left alone
+    names = [n for n in names if signal.getsignal(n) not in (signal.SIG_IGN, None)]
     previous = {name: signal.signal(name, handler) for name in names}
     try:
         yield lambda: bool(caught)

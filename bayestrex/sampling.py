@@ -44,8 +44,8 @@ def _positive_int(name: str, value, minimum: int = 1) -> int:
 def sample(generator, classifier, target, *, latent_dim: int | None = None, num_chains: int = 4,
            num_samples: int = 500, warmup: int | None = None, sigma: float = 0.05, kernel="nuts", seed: int = 0,
            device=None, progress: bool = True, init: torch.Tensor | None = None, checkpoint=None,
-           checkpoint_every: float = CHECKPOINT_EVERY, resume=None, threads: int | None = 1,
-           **posterior_options) -> Result:
+           checkpoint_every: float = CHECKPOINT_EVERY, resume=None, keep_checkpoint: bool = False,
+           threads: int | None = 1, **posterior_options) -> Result:
     """Sample latent codes whose decoded inputs make the classifier hit ``target``.
 
     Draws ``z ~ p(z | u*) ∝ N(z; 0, I) · N(u*; u(softmax(classifier(generator(z)))), sigma²)``.
@@ -91,6 +91,9 @@ def sample(generator, classifier, target, *, latent_dim: int | None = None, num_
         file). Every other argument must be those of the run that wrote it (checked, with the models through the
         starting points); the draws are then bit-identical to an uninterrupted run's (same device, same threads).
         A missing file starts the run from the beginning, which gives the same draws.
+    keep_checkpoint : bool
+        Keep the checkpoint file after a finished run (by default it is removed once the ``Result`` is built; the
+        CLI keeps it until ``result.nc`` is written).
     threads : int or None
         torch CPU threads for the run (put back after). Default 1: for these small batched networks one thread was
         fastest here, 5.5x faster than torch's default of 2 when other processes compete for the cores, and draws
@@ -121,7 +124,10 @@ def sample(generator, classifier, target, *, latent_dim: int | None = None, num_
                            checkpoint=saver, resume=snapshot)
         seconds = time.perf_counter() - t0
         info = dict(draws.info, seed=seed, warmup=warmup, seconds=round(seconds, 3), device=str(post.device))
-        return Result.from_draws(draws, post, generator=generator, info=info)
+        result = Result.from_draws(draws, post, generator=generator, info=info)
+        if saver is not None and draws.stopped is None and not keep_checkpoint:
+            saver.finish()
+        return result
 
 
 def _check_kernel_fits(kern, post: Posterior) -> None:
@@ -161,7 +167,8 @@ def _checkpointing(kern, post: Posterior, z0, checkpoint, every, resume, **run):
     if not hasattr(kern, "adaptation") or hasattr(kern, "warmup") or not getattr(kern, "checkpoints", True):
         raise ValueError(f"{arg}: kernel {kern.name!r} cannot be checkpointed; use hmc, chees, slice, mh or "
                          "constrained for resumable runs")
-    mark = fingerprint(kern, z0, target=post.target, sigma=post.sigma, **run)
+    mark = fingerprint(kern, z0, target=post.target, sigma=post.sigma, target_value=post.value.tolist(),
+                       device=post.device, threads=torch.get_num_threads(), torch=torch.__version__, **run)
     saver = Checkpoint(checkpoint if checkpoint is not None else resume, mark, every=every)
     snapshot = load_checkpoint(resume, mark) if resume is not None and Path(resume).exists() else None
     return saver, snapshot

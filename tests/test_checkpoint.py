@@ -231,3 +231,17 @@ def test_constrained_kernel_resumes_on_a_level_set(tmp_path):
         drive(Constrained(), density(fail_at=(3 * total) // 4), z0, checkpoint=Checkpoint(path, mark, every=1e9), **kw)
     resumed = drive(Constrained(), density(), z0, resume=load(path, mark), **kw)
     assert torch.equal(resumed.z, reference.z)
+
+
+def test_resume_with_another_thread_count_is_refused_and_an_unwritable_checkpoint_only_warns(tmp_path):
+    g, c = models()
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(RuntimeError):
+        run(Faulty(g, call_at(g, c, "chees", 0.5), raise_runtime), c, "chees", checkpoint=path)
+    with pytest.raises(ValueError, match=r"resume: .* another run \(threads: '1' there, '2' here\)"):
+        run(g, c, "chees", resume=path, threads=2)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    with pytest.warns(RuntimeWarning, match="could not write the checkpoint"):
+        done = run(g, c, "chees", checkpoint=blocked / "run.ckpt", checkpoint_every=0)
+    assert done.num_draws == SAMPLES and done.stopped is None  # the run went on without its checkpoints

@@ -51,6 +51,15 @@ class _Reference(NamedTuple):
         return -0.5 * w.square().sum(-1) - self.chol.diagonal().log().sum()
 
 
+def _same_reference(a: _Reference, b: _Reference) -> bool:
+    """Whether two references are the same Gaussian: by identity, else by value (a resumed run rebuilds the state's
+    and the adaptation's references as two objects; re-evaluating would change nothing but the batch shapes)."""
+    if a is b:
+        return True
+    same = lambda x, y: (x is None and y is None) or (x is not None and y is not None and torch.equal(x, y))  # noqa: E731
+    return same(a.loc, b.loc) and same(a.chol, b.chol) and same(a.scale, b.scale)
+
+
 class SliceState(NamedTuple):
     z: torch.Tensor  #: [C, d]
     loglik: torch.Tensor  #: [C], log of the density over the reference (the slice's "likelihood")
@@ -129,7 +138,7 @@ class EllipticalSlice:
         prior_ref = ref.chol is None
         loglik = _slice_loglik(density, ref, prior_ref)
         z, ll, aux = state.z, state.loglik, state.aux
-        if ref is not state.reference:  # re-centred: the same state, measured against the new reference
+        if not _same_reference(ref, state.reference):  # re-centred: the state measured against the new one
             ll, aux = loglik(z)
         C = z.shape[0]
         nu = ref.draw(z.shape, rng, z)
