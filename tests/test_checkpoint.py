@@ -63,6 +63,15 @@ def call_at(generator, classifier, kernel, fraction):
     return counter.calls - in_driver + int(fraction * in_driver)
 
 
+def stopped_in_warmup(tmp_path, kernel):
+    """The checkpoint of a run of ``kernel`` that failed half-way (in warmup: the error itself is raised)."""
+    g, c = models()
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(RuntimeError):
+        run(Faulty(g, call_at(g, c, kernel, 0.5), raise_runtime), c, kernel, checkpoint=path)
+    return path
+
+
 def raise_runtime():
     raise RuntimeError("simulated fault")
 
@@ -101,10 +110,7 @@ def test_a_run_stopped_and_resumed_gives_the_uninterrupted_draws(kernel, fault, 
 
 
 def test_resume_refuses_another_runs_checkpoint_and_a_damaged_one(tmp_path):
-    g, c = models()
-    path = tmp_path / "run.ckpt"
-    with pytest.raises(RuntimeError):
-        run(Faulty(g, call_at(g, c, "chees", 0.5), raise_runtime), c, "chees", checkpoint=path)
+    path, (g, c) = stopped_in_warmup(tmp_path, "chees"), models()
     with pytest.raises(ValueError, match=r"resume: .* another run \(seed: 3 there, 4 here\)"):
         bt.sample(g, c, "ambiguous:0,1", num_chains=CHAINS, num_samples=SAMPLES, warmup=WARMUP, kernel="chees",
                   seed=4, progress=False, sigma=0.1, resume=path)
@@ -122,10 +128,7 @@ def test_resume_refuses_another_runs_checkpoint_and_a_damaged_one(tmp_path):
 
 
 def test_checkpoints_load_without_running_pickled_code(tmp_path):
-    g, c = models()
-    path = tmp_path / "run.ckpt"
-    with pytest.raises(RuntimeError):
-        run(Faulty(g, call_at(g, c, "hmc", 0.5), raise_runtime), c, "hmc", checkpoint=path)
+    path = stopped_in_warmup(tmp_path, "hmc")
     snapshot = load(path)  # torch.load(weights_only=True) inside: tensors, numbers, strings, lists, dicts only
     assert snapshot["iteration"] > 0 and snapshot["rng"].dtype == torch.uint8
 
@@ -234,10 +237,7 @@ def test_constrained_kernel_resumes_on_a_level_set(tmp_path):
 
 
 def test_resume_with_another_thread_count_is_refused_and_an_unwritable_checkpoint_only_warns(tmp_path):
-    g, c = models()
-    path = tmp_path / "run.ckpt"
-    with pytest.raises(RuntimeError):
-        run(Faulty(g, call_at(g, c, "chees", 0.5), raise_runtime), c, "chees", checkpoint=path)
+    path, (g, c) = stopped_in_warmup(tmp_path, "chees"), models()
     with pytest.raises(ValueError, match=r"resume: .* another run \(threads: '1' there, '2' here\)"):
         run(g, c, "chees", resume=path, threads=2)
     blocked = tmp_path / "a-file"
