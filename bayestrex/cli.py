@@ -551,6 +551,7 @@ def _threads(text: str) -> int:
 
 
 def _seconds(text: str) -> float:
+    """argparse type of --checkpoint-every: a finite number of seconds >= 0."""
     try:
         value = float(text)
     except ValueError:
