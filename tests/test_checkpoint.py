@@ -245,3 +245,19 @@ def test_resume_with_another_thread_count_is_refused_and_an_unwritable_checkpoin
     with pytest.warns(RuntimeWarning, match="could not write the checkpoint"):
         done = run(g, c, "chees", checkpoint=blocked / "run.ckpt", checkpoint_every=0)
     assert done.num_draws == SAMPLES and done.stopped is None  # the run went on without its checkpoints
+
+
+def test_cli_passes_threads_and_checkpointing_to_the_sampler(tmp_path, monkeypatch):
+    from bayestrex.cli import main
+
+    seen = {}
+
+    def fake_sample(*args, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(bt, "sample", fake_sample)
+    assert main(["sample", "--target", "high:0", "--kernel", "chees", "--threads", "3", "--out",
+                 str(tmp_path / "run"), "--checkpoint-every", "5", "--quiet"]) == 2
+    assert seen["threads"] == 3 and seen["checkpoint_every"] == 5.0 and seen["keep_checkpoint"]
+    assert str(seen["checkpoint"]).endswith("checkpoint.pt")
