@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -45,6 +46,7 @@ def parser(description: str, *, default_chains=32, default_warmup=100, default_s
                         "--chains, in 4 independent runs; --warmup = mutation steps at the posterior) (default chees)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cuda when there is one; default cpu)")
     p.add_argument("--weights-dir", default=None, help="folder of model weights (default: models/)")
     p.add_argument("--data-root", default=None, help="folder of IDX files (default: the installed data source)")
     p.add_argument("--quick", action="store_true", help="a smoke run: few targets, few draws")
@@ -74,7 +76,14 @@ class Study:
         torch.set_num_threads(args.threads)
         self.t0 = time.perf_counter()
 
+    @property
+    def device(self) -> torch.device:
+        """Where this study's runs sample (``--device``; ``auto`` is cuda when there is one)."""
+        d = self.args.device
+        return torch.device("cuda" if d == "auto" and torch.cuda.is_available() else "cpu" if d == "auto" else d)
+
     def model(self, name: str):
+        """Zoo model ``name`` of the study's dataset, on CPU (the sweep's runs load their own, on ``--device``)."""
         return bt.nets.get(self.args.dataset, name, directory=self.args.weights_dir, data_root=self.args.data_root,
                            progress=not self.args.quiet)
 
@@ -89,6 +98,8 @@ class Study:
         if a.quick:  # smoke runs: a short polish of the starting points (the default is 200 Adam steps)
             settings["optimize_steps"] = 10
         settings.update({k: str(v) for k, v in (("weights_dir", a.weights_dir), ("data_root", a.data_root)) if v})
+        if a.device != "cpu":  # the default stays out of the spec, so that CPU runs keep their file names
+            settings["device"] = a.device
         grid = [dict(generator=g, classifier=c, target=t) for g, c, t in dict.fromkeys(runs)]
         return dict(name=self.name, settings=settings, grid=grid)
 
@@ -158,6 +169,7 @@ class Study:
         if self.args.kernel == "smc":
             agreement = bt.diagnostics.run_agreement(result)
             mass = result.level_set_mass()
+            agreement = agreement or dict(agree=None, max_difference=math.nan)  # one run (a few particles): no split
             row.update(nested_r_hat=o["nested_r_hat"], runs_agree=agreement["agree"],
                        region_share_spread=round(agreement["max_difference"], 3), log_z=o["log_evidence"],
                        log_z_se=o["log_evidence_se"], mass=float(f"{mass['mass']:.3g}"),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,19 +35,22 @@ OUT = Path(__file__).resolve().parent / "results" / "bench_sigma"
 
 
 def run_row(vae, clf, target, sigma, kernel, chains, warmup, samples, seed) -> dict:
+    device = next(vae.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     result = bt.sample(vae.decoder, clf, target, num_chains=chains, num_samples=samples, warmup=warmup, sigma=sigma,
                        kernel=kernel, seed=seed, progress=False)
     wall = time.perf_counter() - t0
     o = bt.diagnostics.overview(result)
     cost = max(1, int(result.info.get("grad_evals", 0)))
-    row = dict(target=target, sigma=sigma, kernel=result.info["kernel"], chains=chains, warmup=warmup,
+    row = dict(target=target, sigma=sigma, kernel=result.info["kernel"], seed=seed, chains=chains, warmup=warmup,
                draws=chains * samples, wall_s=round(wall, 1), ess_bulk=round(o["min_ess_bulk"]),
                ess_tail=round(o["min_ess_tail"]), bulk_per_kgrad=round(1000 * o["min_ess_bulk"] / cost, 4),
                tail_per_kgrad=round(1000 * o["min_ess_tail"] / cost, 4),
                bulk_per_s=round(o["min_ess_bulk"] / wall, 3), tail_per_s=round(o["min_ess_tail"] / wall, 3),
                max_r_hat=o["max_r_hat"] if chains > 1 else None, attainment=o["attainment"], grad_equivalents=cost,
-               divergences=o["divergences"])
+               divergences=o["divergences"], device=str(device))
     if "projection_failures" in result.stats:
         row["projection_failures"] = int(result.stats["projection_failures"].sum())
         row["step_size"] = round(result.info["step_size"], 4)
@@ -74,53 +78,86 @@ def figure(rows, path):
     bt.plots.save(fig, path)
 
 
+KERNELS = dict(nuts=lambda a: PyroNUTS(), chees=lambda a: ChEES(max_steps=a.chees_max_steps),
+               constrained=lambda a: Constrained())
+
+
+def with_ratios(rows: list[dict]) -> list[dict]:
+    """``x_nuts_bulk`` / ``x_nuts_tail``: each row's ESS/s over the NUTS rows' of the same target and sigma (their
+    median when NUTS ran with several seeds: one 100-draw chain's ESS is noisy; None where NUTS did not run)."""
+    nuts: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["kernel"] == "nuts":
+            nuts.setdefault((r["target"], r["sigma"]), []).append(r)
+    for r in rows:
+        refs = nuts.get((r["target"], r["sigma"]))
+        for kind in ("bulk", "tail"):
+            ref = statistics.median(n[f"{kind}_per_s"] for n in refs) if refs else None
+            r[f"x_nuts_{kind}"] = round(r[f"{kind}_per_s"] / ref, 1) if ref else None
+    return rows
+
+
+def write(rows: list[dict], meta: dict, out: Path) -> str:
+    """``bench_sigma.{json,md,png}`` into ``out``; returns the markdown table."""
+    write_json(dict(meta=meta, rows=rows), out / "bench_sigma.json")
+    cols = ["target", "sigma", "kernel", "seed", "device", "chains", "wall_s", "ess_bulk", "ess_tail", "bulk_per_kgrad",
+            "tail_per_kgrad", "bulk_per_s", "tail_per_s", "x_nuts_bulk", "x_nuts_tail", "max_r_hat", "attainment",
+            "projection_failures", "step_size", "grad_equivalents"]
+    md = markdown_table(rows, cols)
+    with atomic_path(out / "bench_sigma.md") as tmp:
+        tmp.write_text(f"# ESS per gradient-equivalent against sigma\n\n{meta}\n\n{md}\n")
+    figure(rows, out / "bench_sigma.png")
+    return md
+
+
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description="ESS per gradient-equivalent against sigma, per kernel")
     p.add_argument("--targets", nargs="+", default=["ambiguous:3,8,smooth", "graded:1,7,0.3", "high:0"])
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.05, 0.025, 0.0125, 0.00625])
     p.add_argument("--nuts-sigmas", type=float, nargs="*", default=[0.1, 0.05, 0.025],
                    help="sigmas at which the single-chain NUTS row runs (it gets slow as sigma shrinks)")
+    p.add_argument("--kernels", nargs="+", choices=list(KERNELS), default=list(KERNELS))
     p.add_argument("--chains", type=int, default=64, help="chains of the batched kernels (default 64)")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--chees-max-steps", type=int, default=1000)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="DIR",
+                   help="no sampling: merge the bench_sigma.json of these folders (e.g. a CPU NUTS process and a GPU "
+                        "process run side by side) into one table with the NUTS ratios, written to --out")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
+    if args.merge:
+        parts = [json.loads((d / "bench_sigma.json").read_text()) for d in args.merge]
+        rows = with_ratios([r for part in parts for r in part["rows"]])
+        meta = dict(command="python -m analyses.bench_sigma " + " ".join(argv or sys.argv[1:]),
+                    parts=[part["meta"] for part in parts])
+        md = write(rows, meta, args.out)
+        print(md)
+        return rows
     if args.quick:
         args.targets, args.sigmas, args.nuts_sigmas = args.targets[:1], [0.05, 0.0125], [0.05]
         args.chains, args.warmup, args.samples = 4, 10, 10
     torch.set_num_threads(args.threads)
-    vae, clf = bt.nets.pretrained("digits", progress=False)
+    vae, clf = (m.to(args.device) for m in bt.nets.pretrained("digits", progress=False))
+    gpu = torch.cuda.get_device_name() if str(args.device).startswith("cuda") else None
+    meta = dict(command="python -m analyses.bench_sigma " + " ".join(argv or sys.argv[1:]),
+                date=time.strftime("%Y-%m-%d"), torch=torch.__version__,
+                machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads" + (f", {gpu}" if gpu else ""))
     rows = []
     for target in args.targets:
         for sigma in args.sigmas:
-            here = []
-            if sigma in args.nuts_sigmas:
-                here.append(run_row(vae, clf, target, sigma, PyroNUTS(), 1, args.warmup, args.samples, args.seed))
-            here.append(run_row(vae, clf, target, sigma, ChEES(max_steps=args.chees_max_steps), args.chains,
-                                args.warmup, args.samples, args.seed))
-            here.append(run_row(vae, clf, target, sigma, Constrained(), args.chains, args.warmup, args.samples,
-                                args.seed))
-            nuts = next((r for r in here if r["kernel"] == "nuts"), None)
-            for r in here:
-                for kind in ("bulk", "tail"):
-                    ref = nuts and nuts[f"{kind}_per_s"]
-                    r[f"x_nuts_{kind}"] = round(r[f"{kind}_per_s"] / ref, 1) if ref else None
-            rows += here
-    meta = dict(command="python -m analyses.bench_sigma " + " ".join(argv or sys.argv[1:]),
-                date=time.strftime("%Y-%m-%d"), torch=torch.__version__,
-                machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads")
-    write_json(dict(meta=meta, rows=rows), args.out / "bench_sigma.json")
-    md = markdown_table(rows, ["target", "sigma", "kernel", "chains", "wall_s", "ess_bulk", "ess_tail",
-                               "bulk_per_kgrad", "tail_per_kgrad", "bulk_per_s", "tail_per_s", "x_nuts_bulk",
-                               "x_nuts_tail", "max_r_hat", "attainment", "projection_failures", "step_size",
-                               "grad_equivalents"])
-    with atomic_path(args.out / "bench_sigma.md") as tmp:
-        tmp.write_text(f"# ESS per gradient-equivalent against sigma\n\n{meta}\n\n{md}\n")
-    figure(rows, args.out / "bench_sigma.png")
+            for name in args.kernels:
+                if name == "nuts" and sigma not in args.nuts_sigmas:
+                    continue
+                chains = 1 if name == "nuts" else args.chains
+                rows.append(run_row(vae, clf, target, sigma, KERNELS[name](args), chains, args.warmup, args.samples,
+                                    args.seed))
+                write_json(dict(meta=dict(meta, partial=True), rows=with_ratios(rows)), args.out / "bench_sigma.json")
+    md = write(with_ratios(rows), meta, args.out)
     print(md)
     return rows
 

@@ -37,15 +37,18 @@ def confused_pairs(classifier, images, labels, k: int = 5) -> list[tuple[int, in
 
 
 @torch.no_grad()
-def prior_masses(generator, classifier, targets: list[str], n: int, seed: int = 0, batch: int = 8192) -> list[dict]:
+def prior_masses(generator, classifier, targets: list[str], n: int, seed: int = 0, batch: int = 8192,
+                 device="cpu") -> list[dict]:
     """The plain Monte Carlo answer to "what fraction of the generator's inputs attain each target": ``n`` prior
-    draws, each decoded and classified once; hits, fraction and its binomial standard error per target."""
+    draws, each decoded and classified once (on ``device``; the draws come from a CPU generator, so they are the
+    same on any device); hits, fraction and its binomial standard error per target."""
     parsed = [bt.targets.parse(t) for t in targets]
     hits = torch.zeros(len(parsed), dtype=torch.long)
     g = torch.Generator().manual_seed(seed)
+    generator, classifier = generator.to(device), classifier.to(device)
     for start in range(0, n, batch):
-        z = torch.randn(min(batch, n - start), generator.latent_dim, generator=g)
-        p = classifier(generator(z)).softmax(-1)
+        z = torch.randn(min(batch, n - start), generator.latent_dim, generator=g).to(device)
+        p = classifier(generator(z)).softmax(-1).cpu()
         for i, t in enumerate(parsed):
             hits[i] += int(bt.diagnostics.attained(t.statistic(p), t.value(p.shape[-1]), t.tolerance).sum())
     out = []
@@ -71,7 +74,9 @@ def main(argv=None) -> dict:
               "ambiguous (most confused pairs)": [f"ambiguous:{p},{q}" for p, q, _ in pairs],
               f"graded {a}/{b}": [f"graded:{a},{b},{al:g}" for al in alphas]}
 
-    study.prefetch([(args.generator, "classifier", t) for targets in groups.values() for t in targets])
+    # ambiguous first, then graded: the targets this study is about, if a long run is stopped part-way
+    order = sorted(groups, key=lambda g: (not g.startswith("ambiguous"), not g.startswith("graded")))
+    study.prefetch([(args.generator, "classifier", t) for g in order for t in groups[g]])
     tables, graded = {}, []
     for group, targets in groups.items():
         rows, montage_rows, titles = [], [], []
@@ -115,7 +120,7 @@ def main(argv=None) -> dict:
         gen = study.model(args.generator).generator
         every = [r for rows in tables.values() for r in rows]
         prior = prior_masses(gen, clf, [r["target"] for r in every], n=2000 if args.quick else 1_000_000,
-                             seed=args.seed)
+                             seed=args.seed, device=study.device)
         tables["level-set masses (fraction of the generator's inputs that attain the target)"] = [
             dict(target=r["target"], smc_mass=r["mass"], smc_mass_se=r["mass_se"], **{k: v for k, v in q.items()
                                                                                     if k != "target"})
