@@ -74,9 +74,7 @@ def main(argv=None) -> dict:
               "ambiguous (most confused pairs)": [f"ambiguous:{p},{q}" for p, q, _ in pairs],
               f"graded {a}/{b}": [f"graded:{a},{b},{al:g}" for al in alphas]}
 
-    # ambiguous first, then graded: the targets this study is about, if a long run is stopped part-way
-    order = sorted(groups, key=lambda g: (not g.startswith("ambiguous"), not g.startswith("graded")))
-    study.prefetch([(args.generator, "classifier", t) for g in order for t in groups[g]])
+    study.prefetch([(args.generator, "classifier", t) for targets in groups.values() for t in targets])
     tables, graded = {}, []
     for group, targets in groups.items():
         rows, montage_rows, titles = [], [], []

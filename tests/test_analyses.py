@@ -29,6 +29,48 @@ def test_kernel_benchmark_quick_run_writes_its_table(tmp_path):
 
 
 
+def test_sigma_benchmark_rates_every_kernel_against_the_median_nuts_seed_and_merges_processes(tmp_path):
+    bench = _module("bench_sigma")
+    row = dict(target="t", sigma=0.025, bulk_per_s=1.0, tail_per_s=1.0, bulk_per_kgrad=1.0)
+    nuts = [dict(row, kernel="nuts", seed=k, bulk_per_s=b, tail_per_s=t) for k, (b, t) in
+            enumerate([(0.1, 0.4), (0.2, 0.1), (0.4, 0.2)])]
+    other = [dict(row, kernel="chees", bulk_per_s=60.0, tail_per_s=30.0),
+             dict(row, kernel="chees", sigma=0.05)]  # no NUTS row at this sigma
+    rows = bench.with_ratios(nuts + other)
+    assert (rows[3]["x_nuts_bulk"], rows[3]["x_nuts_tail"]) == (300.0, 150.0)  # medians 0.2 and 0.2
+    assert rows[4]["x_nuts_bulk"] is None and rows[0]["x_nuts_bulk"] == 0.5
+    # two processes' folders (e.g. CPU NUTS beside GPU kernels) merge into one table with the ratios
+    for name, part in (("a", nuts), ("b", other)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "bench_sigma.json").write_text(json.dumps(dict(meta=dict(command=name), rows=part)))
+    merged = bench.main(["--merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m")])
+    assert [r["x_nuts_bulk"] for r in merged] == [0.5, 1.0, 2.0, 300.0, None]
+    saved = json.loads((tmp_path / "m" / "bench_sigma.json").read_text())
+    assert [p["command"] for p in saved["meta"]["parts"]] == ["a", "b"] and saved["rows"] == merged
+
+
+def test_study_spec_names_the_device_only_when_it_is_not_the_cpu(tmp_path):
+    studies = _module("_studies")
+    for device, expected in (("cpu", None), ("auto", "auto"), ("cuda", "cuda")):
+        args = studies.parser("x").parse_args(["--dataset", "digits", "--out", str(tmp_path), "--device", device])
+        study = studies.Study("s", args)
+        assert study.spec([("vae", "classifier", "high:0")])["settings"].get("device") == expected
+    assert str(studies.Study("s", studies.parser("x").parse_args(["--device", "cpu"])).device) == "cpu"
+
+
+def test_smc_study_row_of_a_single_run_has_no_agreement_verdict_rather_than_a_crash(tmp_path):
+    import bayestrex as bt
+
+    studies = _module("_studies")
+    vae, clf = bt.nets.pretrained("digits", progress=False)
+    result = bt.sample(vae.decoder, clf, "high:0", num_chains=4, num_samples=2, warmup=1, kernel="smc", seed=0,
+                       progress=False)  # 4 particles: one run, so no between-run split to compare
+    args = studies.parser("x").parse_args(["--dataset", "digits", "--kernel", "smc", "--out", str(tmp_path)])
+    row = studies.Study("s", args).row(result)
+    assert row["runs_agree"] is None and row["region_share_spread"] != row["region_share_spread"]  # nan
+    assert row["mass"] >= 0 and row["stages"] >= 1
+
+
 def test_roofline_counts_flops_by_hand_and_splits_the_speedup_into_its_factors(tmp_path, monkeypatch):
     import bayestrex as bt
 
