@@ -7,24 +7,11 @@ set -u
 OUT=${1:?usage: gpu_sigma.sh OUT_DIR [SECONDS]}
 BUDGET=${2:-330}
 W=/tmp/gpu_sigma
-PY=${PYTHON:-python3}
-mkdir -p "$OUT" "$W"
-export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:$PWD" MPLBACKEND=Agg
-"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
-stage() {
-  local name=$1; shift
-  ( s=$(date +%s); timeout "$BUDGET" "$@" > "$W/$name.log" 2>&1; rc=$?
-    echo "$name rc=$rc wall=$(( $(date +%s) - s ))s" >> "$W/stages.txt" ) &
-}
-T=ambiguous:3,8,smooth
+source "$(dirname "$0")/gpu_common.sh"
 for k in chees constrained; do
-  stage "sigma-$k" "$PY" -m analyses.bench_sigma --targets $T --sigmas 0.025 --kernels "$k" --chains 1024 --warmup 60 \
-    --samples 60 --threads 1 --device cuda --out "$W/bench/$k"
+  bench "sigma-$k" --sigmas 0.025 --kernels "$k" --chains 1024 --warmup 60 --samples 60 --device cuda
 done
-for seed in 0 1 2; do
-  stage "nuts-$seed" "$PY" -m analyses.bench_sigma --targets $T --sigmas 0.025 --nuts-sigmas 0.025 --kernels nuts \
-    --seed "$seed" --threads 1 --device cpu --out "$W/bench/nuts-$seed"
-done
+nuts_reference
 stage deterministic env CUBLAS_WORKSPACE_CONFIG=:4096:8 "$PY" -c "
 import torch, bayestrex as bt
 torch.use_deterministic_algorithms(True)
@@ -38,8 +25,7 @@ for k in ('chees', 'mh', 'smc'):
         print(k, 'error:', type(e).__name__, str(e)[:300], flush=True)
 "
 wait
-parts=$(for d in "$W"/bench/*/; do [ -f "$d/bench_sigma.json" ] && echo "$d"; done)
-[ -n "$parts" ] && "$PY" -m analyses.bench_sigma --merge $parts --out "$W/bench/merged" > "$W/merge.log" 2>&1
+merge_bench
 cat "$W/stages.txt" "$W/deterministic.log"
 tail -n 8 "$W/bench/merged/bench_sigma.md" 2>/dev/null
 tar czf "$OUT/gpu_sigma.tgz" -C "$W" .
