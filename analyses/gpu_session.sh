@@ -15,7 +15,7 @@
 # then merges the bench rows (x_nuts = ESS/s over the NUTS seeds' median) and packs everything into OUT_DIR.
 # Needs the MNIST and Fashion-MNIST VAEs in models/ (bayestrex train --dataset mnist --models vae), the t10k IDX
 # files under .devdata/ and the missing wheels under .whl/ (see the device tool's notes); nothing is downloaded.
-# Each process shares the card with up to 15 others: its ESS/s is a lower bound of what it gets alone.
+# Each GPU process shares the card with up to 12 others: its ESS/s is a lower bound of what it gets alone.
 # (The shared set-up moved into gpu_common.sh after the 2026-11-29 run; the commands are the ones that ran.)
 set -u
 OUT=${1:?usage: gpu_session.sh OUT_DIR [SECONDS]}
