@@ -399,7 +399,9 @@ def test_ctrl_c_stops_demo_workers_and_their_queued_targets(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.Popen([sys.executable, "-m", "bayestrex.cli", "demo", "--out", str(out), "--jobs", "2",
                              "--chains", "4", "--samples", "5000", "--warmup", "500"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            # as from a terminal: SIGINT not ignored, even when this suite runs as a background job
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline().startswith("sampling 4 targets in 2 processes")
         time.sleep(2)  # the workers are importing or sampling
