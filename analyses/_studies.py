@@ -80,7 +80,9 @@ class Study:
     def device(self) -> torch.device:
         """Where this study's runs sample (``--device``; ``auto`` is cuda when there is one)."""
         d = self.args.device
-        return torch.device("cuda" if d == "auto" and torch.cuda.is_available() else "cpu" if d == "auto" else d)
+        if d == "auto":
+            d = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.device(d)
 
     def model(self, name: str):
         """Zoo model ``name`` of the study's dataset, on CPU (the sweep's runs load their own, on ``--device``)."""
@@ -167,9 +169,9 @@ class Study:
         row = {k: o[k] for k in ("target", "attainment", "max_r_hat", "min_ess_bulk", "min_ess_tail", "divergences",
                                  "failed_chains", "stuck_chains", "grad_evals", "seconds")}
         if self.args.kernel == "smc":
-            agreement = bt.diagnostics.run_agreement(result)
+            # one run (a few particles): no split between runs to compare
+            agreement = bt.diagnostics.run_agreement(result) or dict(agree=None, max_difference=math.nan)
             mass = result.level_set_mass()
-            agreement = agreement or dict(agree=None, max_difference=math.nan)  # one run (a few particles): no split
             row.update(nested_r_hat=o["nested_r_hat"], runs_agree=agreement["agree"],
                        region_share_spread=round(agreement["max_difference"], 3), log_z=o["log_evidence"],
                        log_z_se=o["log_evidence_se"], mass=float(f"{mass['mass']:.3g}"),

@@ -2,9 +2,12 @@
 
     python -m analyses.bench_sigma                                   # the recorded table (see README)
     python -m analyses.bench_sigma --quick --out /tmp/s              # a smoke run
+    python -m analyses.bench_sigma --merge DIR_A DIR_B --out DIR     # one table of processes run side by side
 
-Digits VAE + CNN posterior; for every target and sigma, side by side in one process: single-chain Pyro NUTS,
-``chees`` and ``constrained`` (constrained HMC on the lifted level set). Columns: ESS bulk/tail (minimum over the
+Digits VAE + CNN posterior; for every target and sigma, one after another in one process: single-chain Pyro NUTS,
+``chees`` and ``constrained`` (constrained HMC on the lifted level set); ``--kernels`` and ``--device`` pick a subset
+and a device, so that a GPU process and CPU NUTS processes can run side by side and be merged (``--merge``; the NUTS
+ratio is then over the median of its seeds' rows). Columns: ESS bulk/tail (minimum over the
 latent dimensions), ESS per 1000 gradient-equivalents of the whole run (warmup included; a Jacobian of m statistics
 counts ``m`` backward passes, a Newton projection its passes: see ``bayestrex/kernels/constrained.py``), ESS per
 second, R-hat, attainment, projection failures, and ``x_nuts``: ESS/s over the NUTS row of the same target and sigma

@@ -40,8 +40,8 @@ def confused_pairs(classifier, images, labels, k: int = 5) -> list[tuple[int, in
 def prior_masses(generator, classifier, targets: list[str], n: int, seed: int = 0, batch: int = 8192,
                  device="cpu") -> list[dict]:
     """The plain Monte Carlo answer to "what fraction of the generator's inputs attain each target": ``n`` prior
-    draws, each decoded and classified once (on ``device``; the draws come from a CPU generator, so they are the
-    same on any device); hits, fraction and its binomial standard error per target."""
+    draws, each decoded and classified once (on ``device``, where the models are moved; the draws come from a CPU
+    generator, so they are the same on any device); hits, fraction and its binomial standard error per target."""
     parsed = [bt.targets.parse(t) for t in targets]
     hits = torch.zeros(len(parsed), dtype=torch.long)
     g = torch.Generator().manual_seed(seed)
