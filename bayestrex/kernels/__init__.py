@@ -49,4 +49,4 @@ def describe() -> dict[str, str]:
     return {name: getattr(make(), "summary", "") for name, make in KERNELS.items()}
 
 
-from . import chees, constrained, elliptical, hmc, mh, pyro_nuts, smc  # noqa: E402,F401  (registers their kernels)
+from . import chees, constrained, elliptical, hmc, mh, mmala, pyro_nuts, smc  # noqa: E402,F401  (registers their kernels)
