@@ -181,18 +181,25 @@ class Ambiguous(_Pair):
     Both statistics have a kink exactly on the level set (``|.|`` and ``min`` where ``p_a = p_b``). ``smooth=True``
     (``"ambiguous:A,B,smooth"``) uses ``u1 = p_a - p_b`` (the same likelihood: only ``u1²`` enters it) and
     ``u2 = (p_a + p_b) / 2 - max_{k ∉ {a, b}} p_k`` (equal to the other ``u2`` on the level set, differentiable there):
-    the same level set, a slightly different relaxation of it at ``sigma > 0``; the form that kernels moving along
-    the level set (``constrained``) need.
+    the same level set, a slightly different relaxation of it at ``sigma > 0``. Its ``max`` over the other classes
+    still has kinks where two of them tie, which near the level set (all of them near 0) they often do: on the digits
+    network they cost ``constrained`` a 4-5x smaller step (``analyses/results/bench_sigma``). ``mass=True``
+    (``"ambiguous:A,B,mass"``) uses ``u2 = (p_a + p_b) / 2`` with ``u2* = 0.5`` (the pair holds all the mass): the same
+    level set again, a relaxation that penalises the other classes' total instead of the largest, and differentiable
+    everywhere; the form for kernels moving along the level set (``constrained``).
     """
 
     spec = "ambiguous"
 
-    def __init__(self, a: int, b: int, *, smooth: bool = False, tolerance: float = 0.05):
+    def __init__(self, a: int, b: int, *, smooth: bool = False, mass: bool = False, tolerance: float = 0.05):
         super().__init__(a, b, tolerance=tolerance)
-        self.smooth = bool(smooth)
+        self.mass = bool(mass)
+        self.smooth = bool(smooth) or self.mass
 
     def statistic(self, probs):
         pa, pb = probs[..., self.a], probs[..., self.b]
+        if self.mass:
+            return torch.stack([pa - pb, 0.5 * (pa + pb)], dim=-1)
         others = probs.clone()
         others[..., [self.a, self.b]] = 0.0
         top = others.amax(dim=-1)
@@ -204,18 +211,20 @@ class Ambiguous(_Pair):
         return torch.tensor([0.0, 0.5])
 
     def names(self, num_classes):
+        if self.mass:
+            return [f"diff_{self.a}_{self.b}", f"meanmass_{self.a}_{self.b}"]
         if self.smooth:
             return [f"diff_{self.a}_{self.b}", f"meanmargin_{self.a}_{self.b}"]
         return [f"absdiff_{self.a}_{self.b}", f"margin_{self.a}_{self.b}"]
 
     @classmethod
     def from_args(cls, args):
-        smooth = len(args) == 3 and args[2] == "smooth"
-        a, b = _ints(args[:2] if smooth else args, 2, "ambiguous:A,B[,smooth]")
-        return cls(a, b, smooth=smooth)
+        form = args[2] if len(args) == 3 and args[2] in ("smooth", "mass") else None
+        a, b = _ints(args[:2] if form else args, 2, "ambiguous:A,B[,smooth|mass]")
+        return cls(a, b, smooth=form == "smooth", mass=form == "mass")
 
     def __repr__(self):
-        return f"ambiguous:{self.a},{self.b}" + (",smooth" if self.smooth else "")
+        return f"ambiguous:{self.a},{self.b}" + (",mass" if self.mass else ",smooth" if self.smooth else "")
 
 
 class Boundary(_Pair):
@@ -435,7 +444,8 @@ def parse(text: str | Target) -> Target:
     name, _, rest = text.strip().partition(":")
     cls = TARGETS.get(name.strip().lower())
     if cls is None:
-        forms = "high:C, ambiguous:A,B[,smooth], boundary:A,B[,MARGIN], uniform, graded:A,B,ALPHA, probs:Q0,...,QK-1"
+        forms = ("high:C, ambiguous:A,B[,smooth|mass], boundary:A,B[,MARGIN], uniform, graded:A,B,ALPHA, "
+                 "probs:Q0,...,QK-1")
         raise ValueError(f"unknown target {text!r}; expected one of {forms}")
     args = [a.strip() for a in rest.split(",")] if rest.strip() else []
     return cls.from_args(args)

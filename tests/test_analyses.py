@@ -271,3 +271,26 @@ def test_readme_quick_start_is_the_timed_code_and_its_figures_are_recorded():
     assert timing["under_a_minute_of_cpu"] and timing["cpu_seconds"] < 60
     readme = (ROOT / "README.md").read_text()
     assert f"{round(timing['cpu_seconds'])} s of CPU time" in readme  # the README quotes the recorded run
+
+
+def test_level_set_geometry_measures_a_circle_exactly():
+    """On the circle |z| = R a tangent move of length l departs by sqrt(R² + l²) - R and turns the normal by
+    atan(l / R): the finite differences of ``analyses.level_set_geometry`` must give both."""
+    import math
+
+    import torch
+
+    from bayestrex.density import Density
+
+    geo_mod = _module("level_set_geometry")
+    R = 1.5
+    dens = Density(latent_dim=2, residual=lambda z: z.norm(dim=-1) - R, sigma=0.05)
+    angles = torch.linspace(0, 6, 5)
+    z = R * torch.stack([angles.cos(), angles.sin()], -1)
+    geo = geo_mod.geometry_at(dens, z, directions=2, rng=torch.Generator().manual_seed(0))
+    for i, ell in enumerate(geo_mod.LENGTHS):
+        assert torch.allclose(geo["departure"][..., i].double(), torch.tensor(math.hypot(R, ell) - R).double(),
+                              rtol=1e-3, atol=1e-6)
+        assert torch.allclose(geo["turn"][..., i], torch.tensor(math.atan(ell / R)).double(), rtol=1e-3, atol=2e-4)
+    assert torch.allclose(geo["s"][:, 0], torch.ones(5).double())  # |grad |z|| = 1
+    assert geo_mod._reach(geo["departure"].flatten(0, 1), 0.01) == 0.1  # 0.0033 at 0.1, 0.030 at 0.3

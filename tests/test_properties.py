@@ -41,7 +41,8 @@ def probability_vector(draw):
 def any_target():
     return st.one_of(
         st.builds(targets.High, st.integers(0, K_MAX - 1), log=st.booleans()),
-        pair().flatmap(lambda ab: st.builds(targets.Ambiguous, st.just(ab[0]), st.just(ab[1]), smooth=st.booleans())),
+        pair().flatmap(lambda ab: st.builds(targets.Ambiguous, st.just(ab[0]), st.just(ab[1]), smooth=st.booleans(),
+                                                          mass=st.booleans())),
         pair().flatmap(lambda ab: st.builds(targets.Boundary, st.just(ab[0]), st.just(ab[1]),
                                             margin=st.floats(0.0, 20.0, allow_nan=False))),
         pair().flatmap(lambda ab: st.builds(targets.Graded, st.just(ab[0]), st.just(ab[1]), unit)),

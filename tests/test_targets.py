@@ -21,6 +21,17 @@ def test_ambiguous_two_statistic_form_by_hand():
     assert t.value(10).tolist() == [0.0, 0.5]
 
 
+def test_ambiguous_smooth_and_mass_forms_by_hand_share_the_level_set():
+    # P: p3 = 0.40, p8 = 0.35, largest other 0.10
+    assert targets.parse("ambiguous:3,8,smooth").statistic(P)[0].tolist() == pytest.approx([0.05, 0.275])
+    mass = targets.parse("ambiguous:3,8,mass")
+    assert mass.statistic(P)[0].tolist() == pytest.approx([0.05, 0.375]) and mass.smooth
+    assert str(mass) == "ambiguous:3,8,mass" and mass.value(10).tolist() == [0.0, 0.5]
+    tie = torch.tensor([[0.0] * 3 + [0.5] + [0.0] * 4 + [0.5, 0.0]])  # on the level set all three forms agree
+    for form in ("", ",smooth", ",mass"):
+        assert targets.parse("ambiguous:3,8" + form).statistic(tie)[0].tolist() == pytest.approx([0.0, 0.5])
+
+
 def test_ambiguous_with_two_classes_has_no_others():
     t = targets.Ambiguous(0, 1)
     assert t.statistic(torch.tensor([[0.5, 0.5]]))[0].tolist() == pytest.approx([0.0, 0.5])
