@@ -6,18 +6,20 @@
 At draws of each target's posterior (``chees``, sigma 0.05), in prior-standardised coordinates ``x``:
 
 - ``s_1 ≥ s_2 ...``: the singular values of the statistics' Jacobian ``J = ∂u/∂x``. Across the level set the
-  posterior is a tube of width ``w = σ / s_1`` in the stiffest direction (``σ / s_k`` in the others);
-- ``κ``: the level set's normal curvature along random tangent directions ``t`` (unit, orthogonal to the rows of
-  ``J``): ``κ(t) = |tᵀ ∇²u_n t| / s_1`` with ``u_n`` the statistic along the top left singular vector (a Hessian-vector
-  product, the second fundamental form); ``1/κ`` is the radius on which the level set turns;
-- ``ℓ_tube = sqrt(2 w / κ)``: how far a straight move along the tangent can go before it leaves the tube (the bound on
-  the steps of every kernel that moves on straight lines or Gaussian proposals: ``hmc``, ``chees``, ``mmala``), which
-  shrinks like ``sqrt(σ)``; and ``1 / κ``, the bound for a kernel that follows the level set (``constrained``), which
-  does not depend on sigma.
+  posterior is a tube of width ``w = σ / s_1`` in the stiffest direction (``σ / s_k`` in the others); ``stiff``: how
+  many ``s_k`` exceed sigma (directions in which the likelihood is narrower than the prior);
+- along random unit tangents ``t`` (orthogonal to the stiff directions), by finite differences at lengths ``ℓ`` in
+  ``LENGTHS`` (so that the kinks of ReLU networks count, which a Hessian misses): ``departure_ℓ``, the largest change
+  of a statistic along the straight move ``x + ℓt`` (it must stay within ~σ for a straight move to stay in the tube:
+  ``straight_reach_σ`` is the longest such ``ℓ``, the bound on a leapfrog move of ``hmc`` and ``chees``), and
+  ``turn_ℓ``, the angle by which the stiffest normal turns (``turn_length``: the longest ``ℓ`` over which it stays
+  within 0.1 rad, the scale on which a kernel that follows the level set, ``constrained``, must step, whatever sigma).
+  ``mmala`` is bound tighter still: its reverse proposal, under the metric at the far end, must find the move's
+  component along the turned normal, ``ℓ · turn_ℓ``, within ``√h`` tube widths, so ``h`` falls like ``σ²``.
 
-Writes ``level_set_geometry.{json,md}`` into ``--out``. What it does not measure: curvature along directions other
-than random tangent ones (the extremes are larger), anything away from the draws, and the kinks of the classifier's
-ReLUs and max-pooling (second derivatives there are not seen by autograd: the curvatures are lower bounds).
+Medians over the points and directions. Writes ``level_set_geometry.{json,md}`` into ``--out``. What it does not
+measure: the extremes (a shared step size is set by the worst region, not the median), anything away from the draws
+(sigma 0.05), and lengths between the grid's.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def _jacobian(post: Posterior, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 def geometry_at(post: Posterior, z: torch.Tensor, directions: int, rng: torch.Generator) -> dict[str, torch.Tensor]:
-    """At codes ``z [N, d]``: singular values ``s [N, k]`` of ``J``; for ``directions`` random unit tangents ``t`` and
+    """At codes ``z [N, d]``: singular values ``s [N, k]`` of ``J`` and the number ``stiff [N]`` above sigma; for
+    ``directions`` random unit tangents ``t`` (orthogonal to the stiff directions) and
     each length ``ℓ`` in ``LENGTHS``: ``departure [N, directions, L]`` = max over statistics of ``|r(x + ℓt) - r(x)|``
     (how far a straight move leaves the level set, in the statistics' units: compare with sigma) and ``turn`` = the
     angle (radians) between the stiffest normal at ``x`` and at ``x + ℓt``. Finite differences, so the kinks of ReLU
@@ -66,8 +69,13 @@ def geometry_at(post: Posterior, z: torch.Tensor, directions: int, rng: torch.Ge
     _, s, Vh = torch.linalg.svd(J0, full_matrices=False)
     n0 = Vh[:, 0]
     N, d = x.shape
+    # stiff directions: where the likelihood at this sigma is narrower than the prior (s_k > sigma); with m >= d
+    # statistics (graded: ten of them in 5-d) the rows of J span everything, but most are nearly zero (saturated
+    # probabilities) and the posterior is not thin across them
+    stiff = (s > float(post.sigma)).to(torch.float64)  # [N, k]
+    Vs = Vh * stiff.unsqueeze(-1)
     t = torch.randn(N, directions, d, generator=rng, dtype=torch.float64)
-    t = t - ((t @ Vh.mT) @ Vh)  # orthogonal to every row of J
+    t = t - ((t @ Vs.mT) @ Vs)  # orthogonal to the stiff directions
     t = t / t.norm(dim=-1, keepdim=True)
     departure, turn = [], []
     for ell in LENGTHS:
@@ -76,7 +84,7 @@ def geometry_at(post: Posterior, z: torch.Tensor, directions: int, rng: torch.Ge
         departure.append((r.view(N, directions, -1) - r0.unsqueeze(1)).abs().amax(-1))
         n = torch.linalg.svd(J, full_matrices=False).Vh[:, 0].view(N, directions, d)
         turn.append(torch.acos((n * n0.unsqueeze(1)).sum(-1).abs().clamp(max=1.0)))
-    return {"s": s, "departure": torch.stack(departure, -1), "turn": torch.stack(turn, -1)}
+    return {"s": s, "stiff": stiff.sum(-1), "departure": torch.stack(departure, -1), "turn": torch.stack(turn, -1)}
 
 
 def _reach(curve: torch.Tensor, limit: float) -> float:
@@ -88,8 +96,8 @@ def _reach(curve: torch.Tensor, limit: float) -> float:
 
 def row_for(vae, clf, target: str, sigmas: list[float], chains: int, samples: int, directions: int,
             seed: int) -> dict:
-    """One target: draws at the smallest sigma's neighbour 0.05 (a point cloud on and around the level set), then
-    the geometry there and, per sigma, how far a straight tangent move stays inside the tube."""
+    """One target: draws at sigma 0.05 (a point cloud on and around the level set), the geometry there and, per
+    sigma, how far a straight tangent move stays inside the tube."""
     t0 = time.perf_counter()
     result = bt.sample(vae.decoder, clf, target, num_chains=chains, num_samples=samples, warmup=100, sigma=0.05,
                        kernel="chees", seed=seed, progress=False)
@@ -103,7 +111,8 @@ def row_for(vae, clf, target: str, sigmas: list[float], chains: int, samples: in
     def med(v):
         return float(f"{statistics.median(v.tolist()):.3g}")
 
-    row = dict(target=target, points=len(z), s1=med(geo["s"][:, 0]), s_last=med(geo["s"][:, -1]),
+    row = dict(target=target, points=len(z), stiff=med(geo["stiff"]), s1=med(geo["s"][:, 0]),
+               s_last=med(geo["s"][:, -1]),
                width_at_0_05=med(0.05 / geo["s"][:, 0]), turn_length=_reach(turn, TURN))
     for sigma in sigmas:
         row[f"straight_reach_{sigma:g}"] = _reach(dep, sigma)

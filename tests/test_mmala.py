@@ -18,7 +18,7 @@ A = torch.tensor([[1.0, 0.5, -0.3], [0.2, -1.0, 0.4]])
 Y = torch.tensor([1.2, -0.4])
 
 
-def linear_case(sigma: float, chains: int = 32, samples: int = 300, warmup: int = 100):
+def linear_case(sigma: float, chains: int = 16, samples: int = 150, warmup: int = 50):
     """u(z) = A z (2 statistics, 3 latents), prior N(0, diag(1, 4, 0.25)): Gaussian posterior in closed form."""
     scale = torch.tensor([1.0, 2.0, 0.5])
     dens = Density(latent_dim=3, prior=GaussianPrior(torch.zeros(3), scale), residual=lambda z: z @ A.T - Y,
