@@ -214,11 +214,16 @@ def test_cli_sigterm_saves_a_partial_result_and_resume_finishes_it(tmp_path):
     assert main(["sample", "--resume", str(out), "--quiet"]) == 2  # finished: nothing to resume
 
 
-def test_constrained_kernel_resumes_on_a_level_set(tmp_path):
+@pytest.mark.parametrize("name", ["constrained", "mmala"])
+def test_level_set_kernels_resume_after_a_fault(tmp_path, name):
+    """The kernels that read the residual (per-chain adaptation state for mmala, a shared one for constrained)."""
     from bayestrex.checkpoint import Checkpoint
     from bayestrex.density import Density, GaussianPrior
     from bayestrex.driver import run as drive
     from bayestrex.kernels.constrained import Constrained
+    from bayestrex.kernels.mmala import MMALA
+
+    kernel, sigma = (Constrained, 0.0) if name == "constrained" else (MMALA, 0.1)
 
     A = torch.tensor([[1.0, 0.5, -0.3]])
     calls = [0]
@@ -230,19 +235,19 @@ def test_constrained_kernel_resumes_on_a_level_set(tmp_path):
         return z @ A.T - 0.7
 
     def density(fail_at=None):
-        return Density(latent_dim=3, prior=GaussianPrior(torch.zeros(3), torch.ones(3)), sigma=0.0,
+        return Density(latent_dim=3, prior=GaussianPrior(torch.zeros(3), torch.ones(3)), sigma=sigma,
                        residual=lambda z: residual(z, fail_at))
 
     z0 = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
     kw = dict(num_samples=20, warmup=20, seed=1, progress=False)
-    reference = drive(Constrained(), density(), z0, **kw)
+    reference = drive(kernel(), density(), z0, **kw)
     total, calls[0] = calls[0], 0
     path = tmp_path / "c.ckpt"
     mark = {"format": 1, "case": "linear"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        drive(Constrained(), density(fail_at=(3 * total) // 4), z0, checkpoint=Checkpoint(path, mark, every=1e9), **kw)
-    resumed = drive(Constrained(), density(), z0, resume=load(path, mark), **kw)
+        drive(kernel(), density(fail_at=(3 * total) // 4), z0, checkpoint=Checkpoint(path, mark, every=1e9), **kw)
+    resumed = drive(kernel(), density(), z0, resume=load(path, mark), **kw)
     assert torch.equal(resumed.z, reference.z)
 
 
