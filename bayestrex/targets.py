@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["Target", "High", "Ambiguous", "Boundary", "Uniform", "Probabilities", "Graded", "Custom", "parse",
+__all__ = ["Target", "High", "Ambiguous", "Boundary", "Uniform", "Probabilities", "Graded", "Tied", "Custom", "parse",
            "TARGETS"]
 
 #: string spec name -> Target subclass; filled by ``Target.__init_subclass__``.
@@ -379,6 +379,52 @@ class Graded(_Pair):
         return f"graded:{self.a},{self.b},{_number(self.alpha)}"
 
 
+class Tied(_Pair):
+    """Tied between ``a`` and ``b`` with the pair holding ``mass`` of the probability, in log space:
+    ``u = [log p_a − log p_b, log(p_a + p_b)]``, ``u* = [0, log mass]``, ``mass < 1``.
+
+    Unlike ``ambiguous`` (whose level set asks the other classes for exactly 0, which a softmax only approaches) this
+    level set is *attained* and smooth, so it has no saturated direction whose gradient vanishes on it: the form for
+    kernels that follow the level set (``constrained``: its step size is flat in sigma here, where on ``ambiguous`` it
+    shrinks; README, "Small σ on a network"). The statistics are in log units, so ``tolerance`` 0.05 means the ratio
+    within 5% and the pair's mass within 5% of ``mass``.
+    """
+
+    spec = "tied"
+
+    def __init__(self, a: int, b: int, mass: float = 0.9, *, tolerance: float = 0.05):
+        super().__init__(a, b, tolerance=tolerance)
+        mass = float(mass)
+        if not 0.0 < mass < 1.0:  # also False for NaN
+            raise ValueError(f"tied target mass must be in (0, 1) (1 is not attained by a softmax), got {mass}")
+        self.mass = mass
+
+    def statistic(self, probs):
+        tiny = torch.finfo(probs.dtype).tiny
+        pa, pb = probs[..., self.a].clamp_min(tiny), probs[..., self.b].clamp_min(tiny)
+        return torch.stack([pa.log() - pb.log(), (pa + pb).log()], dim=-1)
+
+    def value(self, num_classes):
+        return torch.tensor([0.0, math.log(self.mass)])
+
+    def names(self, num_classes):
+        return [f"logratio_{self.a}_{self.b}", f"logmass_{self.a}_{self.b}"]
+
+    @classmethod
+    def from_args(cls, args):
+        if len(args) != 3:
+            raise ValueError(f"target 'tied:A,B,MASS' expects 3 arguments, got {','.join(args)!r}")
+        (a, b), mass = _ints(args[:2], 2, "tied:A,B,MASS"), args[2]
+        try:
+            mass = float(mass)
+        except ValueError:
+            raise ValueError(f"tied target MASS must be a number in (0, 1), got {mass!r}") from None
+        return cls(a, b, mass)
+
+    def __repr__(self):
+        return f"tied:{self.a},{self.b},{_number(self.mass)}"
+
+
 class Custom(Target):
     """Any user statistic: ``u = fn(p)`` (``[...]`` or ``[..., m]``, differentiable in ``p``), target ``value``.
 
@@ -445,7 +491,7 @@ def parse(text: str | Target) -> Target:
     cls = TARGETS.get(name.strip().lower())
     if cls is None:
         forms = ("high:C, ambiguous:A,B[,smooth|mass], boundary:A,B[,MARGIN], uniform, graded:A,B,ALPHA, "
-                 "probs:Q0,...,QK-1")
+                 "tied:A,B,MASS, probs:Q0,...,QK-1")
         raise ValueError(f"unknown target {text!r}; expected one of {forms}")
     args = [a.strip() for a in rest.split(",")] if rest.strip() else []
     return cls.from_args(args)

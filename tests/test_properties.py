@@ -46,6 +46,8 @@ def any_target():
         pair().flatmap(lambda ab: st.builds(targets.Boundary, st.just(ab[0]), st.just(ab[1]),
                                             margin=st.floats(0.0, 20.0, allow_nan=False))),
         pair().flatmap(lambda ab: st.builds(targets.Graded, st.just(ab[0]), st.just(ab[1]), unit)),
+        pair().flatmap(lambda ab: st.builds(targets.Tied, st.just(ab[0]), st.just(ab[1]),
+                                            st.floats(0.01, 0.99, allow_nan=False))),
         st.builds(targets.Uniform),
         probability_vector().map(targets.Probabilities),
     )

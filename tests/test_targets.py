@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -30,6 +32,19 @@ def test_ambiguous_smooth_and_mass_forms_by_hand_share_the_level_set():
     tie = torch.tensor([[0.0] * 3 + [0.5] + [0.0] * 4 + [0.5, 0.0]])  # on the level set all three forms agree
     for form in ("", ",smooth", ",mass"):
         assert targets.parse("ambiguous:3,8" + form).statistic(tie)[0].tolist() == pytest.approx([0.0, 0.5])
+
+
+def test_tied_is_the_log_ratio_and_the_log_mass_of_the_pair():
+    t = targets.parse("tied:3,8,0.9")
+    assert t.statistic(P)[0].tolist() == pytest.approx([math.log(0.40 / 0.35), math.log(0.75)])
+    assert t.value(10).tolist() == pytest.approx([0.0, math.log(0.9)]) and str(t) == "tied:3,8,0.9"
+    zero = torch.zeros(1, 10)
+    zero[0, 0] = 1.0  # both classes at exactly 0: finite statistics
+    assert torch.isfinite(t.statistic(zero)).all()
+    for bad, message in (("tied:3,8,1", "mass must be in \\(0, 1\\)"), ("tied:3,8", "expects 3 arguments"),
+                         ("tied:3,3,0.5", "two different classes"), ("tied:3,8,x", "MASS must be a number")):
+        with pytest.raises(ValueError, match=message):
+            targets.parse(bad)
 
 
 def test_ambiguous_with_two_classes_has_no_others():
