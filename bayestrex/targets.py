@@ -399,10 +399,12 @@ class Tied(_Pair):
             raise ValueError(f"tied target mass must be in (0, 1) (1 is not attained by a softmax), got {mass}")
         self.mass = mass
 
-    def statistic(self, probs):
-        tiny = torch.finfo(probs.dtype).tiny
-        pa, pb = probs[..., self.a].clamp_min(tiny), probs[..., self.b].clamp_min(tiny)
-        return torch.stack([pa.log() - pb.log(), (pa + pb).log()], dim=-1)
+    uses_log_probs = True
+
+    def statistic(self, probs, log_probs=None):
+        lp = _log(probs, log_probs)
+        la, lb = lp[..., self.a], lp[..., self.b]
+        return torch.stack([la - lb, torch.logaddexp(la, lb)], dim=-1)
 
     def value(self, num_classes):
         return torch.tensor([0.0, math.log(self.mass)])
