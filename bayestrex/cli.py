@@ -115,6 +115,17 @@ def cmd_demo(args) -> int:
             return 130
 
 
+def _demo_worker_init() -> None:
+    """In each demo worker: tqdm's write lock as a thread lock. Its default is a multiprocessing lock, a named
+    semaphore made at the first (even disabled) progress bar, which a worker stopped by Ctrl-C (``Pool.terminate``)
+    never releases, so the resource tracker printed a "leaked semaphore" warning after the one-line message."""
+    import threading
+
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
+
+
 def _demo_in_processes(args, jobs: int, done: list[str]) -> list[dict]:
     """The demo targets in ``jobs`` spawned processes (torch single-threaded in each, no forked thread pools).
 
@@ -127,7 +138,7 @@ def _demo_in_processes(args, jobs: int, done: list[str]) -> list[dict]:
     main_thread = threading.current_thread() is threading.main_thread()
     handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None  # inherited by the workers
     try:
-        pool = multiprocessing.get_context("spawn").Pool(jobs)
+        pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_demo_worker_init)
     finally:
         if main_thread:
             signal.signal(signal.SIGINT, signal.SIG_DFL if handler is None else handler)
@@ -170,7 +181,7 @@ def _demo(args, done: list[str]) -> int:
 #: a run folder's record of the arguments of `bayestrex sample` (what --resume reruns) and its checkpoint file
 RUN_ARGS, CHECKPOINT = "run.json", "checkpoint.pt"
 #: kernels whose runs `bayestrex sample` checkpoints (the others keep state a checkpoint cannot hold)
-RESUMABLE = ("hmc", "chees", "slice", "mh", "constrained")
+RESUMABLE = ("hmc", "chees", "slice", "mh", "constrained", "mmala")
 
 
 def cmd_sample(args) -> int:

@@ -15,8 +15,9 @@ identity in SVD form): ``G⁻¹ v = v + V (1/(1+λ) - 1) Vᵀ v``, ``G^{-1/2} ξ
 Proposal: ``x' = x - (h/2) G⁻¹ ∇U + √h G^{-1/2} ξ``. Across the level set ``{u = u*}`` the metric's ``1/σ²`` scales
 the move to the tube's width σ and the drift is a damped Gauss-Newton step back onto it (``h = 2`` would be the full
 step), so the step does not shrink with σ for straight level sets (a linear statistic: any σ at the same ``h``). A
-*curved* level set bends away from the tangent move by ``~κ h``, which must stay within σ: ``h`` then shrinks like
-``σ / κ`` (measured in ``analyses/bench_sigma.py``).
+*curved* level set turns its normal along the move: the reverse proposal, under the metric at the far end, must
+find the move's component along the turned normal within ``√h`` tube widths (the width is ∝ σ), so ``h`` shrinks
+like ``σ²`` there (README, "Small σ on a network"; ``analyses/bench_sigma.py``).
 
 Cost, counted in gradient-equivalents (``n_steps``; one forward + one backward pass = 1): each proposal is one forward
 pass and ``m`` backward passes, ``(1 + m) / 2``.
@@ -75,12 +76,14 @@ def geometry(density, x: torch.Tensor):
         m = r.shape[-1]
         J = torch.stack([torch.autograd.grad(r[:, j].sum(), xt, retain_graph=j < m - 1)[0] for j in range(m)], 1)
     r, J = r.detach().double(), J.double()
+    broken = ~(torch.isfinite(J).all(-1).all(-1) & torch.isfinite(r).all(-1))  # rejected, not passed to the SVD
+    J = torch.where(broken[:, None, None], torch.zeros_like(J), J)
     grad = x + (J.mT @ r.unsqueeze(-1)).squeeze(-1) / sigma**2
     _, s, Vh = torch.linalg.svd(J, full_matrices=False)
     U = 0.5 * x.square().sum(-1) + 0.5 * (r / sigma).square().sum(-1)
     lik = -0.5 * (r / sigma).square().sum(-1) - m * (math.log(sigma) + 0.5 * math.log(2 * math.pi))
     aux = {k: v.detach() for k, v in aux.items()} | {"log_likelihood": lik.to(density.dtype)}
-    bad = ~(torch.isfinite(U) & torch.isfinite(grad).all(-1) & torch.isfinite(s).all(-1))
+    bad = broken | ~(torch.isfinite(U) & torch.isfinite(grad).all(-1) & torch.isfinite(s).all(-1))
     U = torch.where(bad, torch.full_like(U, math.inf), U)
     return U, Geometry(grad, Vh, (s / sigma).square()), aux, (1 + m) / 2
 
