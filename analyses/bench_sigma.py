@@ -47,7 +47,8 @@ def within_chain_ess(z: torch.Tensor) -> dict[str, float]:
     """Bulk and tail ESS of each chain on its own (split-chain, min over the latent dimensions), summed over the chains
     ``z [C, S, d]``: how fast every chain explores the piece of the level set it is in. Where the chains sit in
     different pieces the ordinary (between-chain) ESS stays at about the number of chains whatever the kernel; this
-    one still compares kernels' local mixing, and says nothing about the pieces' weights (that is ``smc``'s job)."""
+    one compares kernels' local mixing given enough draws per chain (in 40 it cannot tell a slow chain from a still
+    one), and says nothing about the pieces' weights (that is ``smc``'s job)."""
     import arviz_stats as azs
 
     x = z.double().cpu().numpy()
