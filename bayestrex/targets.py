@@ -58,6 +58,18 @@ def _log(probs: torch.Tensor, log_probs: torch.Tensor | None) -> torch.Tensor:
     return log_probs if log_probs is not None else probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
 
+def _pair_and_number(args, form: str, what: str) -> tuple[int, int, float]:
+    """``(a, b, x)`` from the arguments of a ``NAME:A,B,X`` target string (``form``); ``what`` opens the error for a
+    non-number ``X``."""
+    if len(args) != 3:
+        raise ValueError(f"target {form!r} expects 3 arguments, got {','.join(args)!r}")
+    (a, b), x = _ints(args[:2], 2, form), args[2]
+    try:
+        return a, b, float(x)
+    except ValueError:
+        raise ValueError(f"{what}, got {x!r}") from None
+
+
 def _unit_interval(name: str, value) -> float:
     value = float(value)
     if not 0.0 <= value <= 1.0:  # also False for NaN
@@ -366,14 +378,7 @@ class Graded(_Pair):
 
     @classmethod
     def from_args(cls, args):
-        if len(args) != 3:
-            raise ValueError(f"target 'graded:A,B,ALPHA' expects 3 arguments, got {','.join(args)!r}")
-        (a, b), alpha = _ints(args[:2], 2, "graded:A,B,ALPHA"), args[2]
-        try:
-            alpha = float(alpha)
-        except ValueError:
-            raise ValueError(f"graded target level ALPHA must be a number in [0, 1], got {alpha!r}") from None
-        return cls(a, b, alpha)
+        return cls(*_pair_and_number(args, "graded:A,B,ALPHA", "graded target level ALPHA must be a number in [0, 1]"))
 
     def __repr__(self):
         return f"graded:{self.a},{self.b},{_number(self.alpha)}"
@@ -414,14 +419,7 @@ class Tied(_Pair):
 
     @classmethod
     def from_args(cls, args):
-        if len(args) != 3:
-            raise ValueError(f"target 'tied:A,B,MASS' expects 3 arguments, got {','.join(args)!r}")
-        (a, b), mass = _ints(args[:2], 2, "tied:A,B,MASS"), args[2]
-        try:
-            mass = float(mass)
-        except ValueError:
-            raise ValueError(f"tied target MASS must be a number in (0, 1), got {mass!r}") from None
-        return cls(a, b, mass)
+        return cls(*_pair_and_number(args, "tied:A,B,MASS", "tied target MASS must be a number in (0, 1)"))
 
     def __repr__(self):
         return f"tied:{self.a},{self.b},{_number(self.mass)}"
