@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 import bayestrex as bt
+from bayestrex.density import residual_jacobian
 from bayestrex.io import atomic_path, markdown_table, write_json
 from bayestrex.posterior import Posterior
 
@@ -45,17 +46,6 @@ LENGTHS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 TURN = 0.1
 
 
-def _jacobian(post: Posterior, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(r [N, m], J [N, m, d])`` at standardised ``x [N, d]`` (float64)."""
-    prior = post.prior
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        r, _ = post.residual((prior.loc + prior.scale * x).to(post.dtype))
-        m = r.shape[-1]
-        J = torch.stack([torch.autograd.grad(r[:, j].sum(), x, retain_graph=j < m - 1)[0] for j in range(m)], 1)
-    return r.detach().double(), J.double()
-
-
 def geometry_at(post: Posterior, z: torch.Tensor, directions: int, rng: torch.Generator) -> dict[str, torch.Tensor]:
     """At codes ``z [N, d]``: singular values ``s [N, k]`` of ``J`` and the number ``stiff [N]`` above sigma; for
     ``directions`` random unit tangents ``t`` (orthogonal to the stiff directions) and
@@ -65,7 +55,7 @@ def geometry_at(post: Posterior, z: torch.Tensor, directions: int, rng: torch.Ge
     networks count (a Hessian would miss them)."""
     prior = post.prior
     x = ((z - prior.loc) / prior.scale).double()
-    r0, J0 = _jacobian(post, x)
+    r0, J0 = residual_jacobian(post, x)[:2]
     _, s, Vh = torch.linalg.svd(J0, full_matrices=False)
     n0 = Vh[:, 0]
     N, d = x.shape
@@ -80,7 +70,7 @@ def geometry_at(post: Posterior, z: torch.Tensor, directions: int, rng: torch.Ge
     departure, turn = [], []
     for ell in LENGTHS:
         xl = (x.unsqueeze(1) + ell * t).reshape(-1, d)
-        r, J = _jacobian(post, xl)
+        r, J = residual_jacobian(post, xl)[:2]
         departure.append((r.view(N, directions, -1) - r0.unsqueeze(1)).abs().amax(-1))
         n = torch.linalg.svd(J, full_matrices=False).Vh[:, 0].view(N, directions, d)
         turn.append(torch.acos((n * n0.unsqueeze(1)).sum(-1).abs().clamp(max=1.0)))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LogDensity", "GaussianPrior", "Density", "LOG_SQRT_2PI"]
+__all__ = ["LogDensity", "GaussianPrior", "Density", "LOG_SQRT_2PI", "residual_jacobian"]
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -277,3 +277,16 @@ class Density(LogDensity):
             return super()._evaluate(z)
         f = self._f(z)  # exactly f: no prior added and taken off again
         return self._finish(f, f - self.prior.log_prob(z), {})
+
+
+def residual_jacobian(density, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """``(r [C, m], J [C, m, d], aux)`` at prior-standardised ``x [C, d]`` (``z = loc + scale · x``): the residual
+    ``u(z) − u*`` of a density with ``residual`` and its Jacobian ``∂r/∂x``, both float64; one forward pass and ``m``
+    backward passes (the level-set kernels and ``analyses/level_set_geometry.py`` share it)."""
+    prior = density.prior
+    xt = x.detach().to(density.dtype).requires_grad_(True)
+    with torch.enable_grad():
+        r, aux = density.residual((prior.loc + prior.scale * xt.to(prior.scale.dtype)).to(density.dtype))
+        m = r.shape[-1]
+        J = torch.stack([torch.autograd.grad(r[:, j].sum(), xt, retain_graph=j < m - 1)[0] for j in range(m)], 1)
+    return r.detach().double(), J.double(), {k: v.detach() for k, v in aux.items()}

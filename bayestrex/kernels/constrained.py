@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..density import GaussianPrior
+from ..density import GaussianPrior, residual_jacobian
 from . import register
 from .base import positive, positive_int, probability
 from .tuning import DualAveraging, da_init, da_update
@@ -96,12 +96,8 @@ class _Lifted:
     def jacobian(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(c [C, m], Dc [C, m, D])`` at ``q`` (float64): one forward pass and ``m`` backward passes."""
         d, s = self.d, self.sigma
-        x = q[:, :d].detach().to(self.density.dtype).requires_grad_(True)
-        with torch.enable_grad():
-            r, _ = self.density.residual(self.z_of(x))
-            m = r.shape[-1]
-            J = torch.stack([torch.autograd.grad(r[:, j].sum(), x, retain_graph=j < m - 1)[0] for j in range(m)], 1)
-        J, c = J.double(), r.detach().double()
+        c, J, _ = residual_jacobian(self.density, q[:, :d])
+        m = c.shape[-1]
         if s > 0:
             c = c + s * q[:, d:]
             J = torch.cat([J, s * torch.eye(m, dtype=J.dtype, device=J.device).expand(len(q), m, m)], -1)

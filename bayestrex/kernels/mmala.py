@@ -30,9 +30,9 @@ from typing import NamedTuple
 
 import torch
 
-from ..density import GaussianPrior
+from ..density import GaussianPrior, residual_jacobian
 from . import register
-from .base import positive, positive_int, probability
+from .base import positive, positive_int, probability, select
 from .tuning import DualAveraging, da_init, da_update
 
 __all__ = ["MMALA", "MMALAState", "MMALAInfo", "Geometry", "geometry"]
@@ -68,21 +68,16 @@ class MMALAInfo(NamedTuple):
 
 def geometry(density, x: torch.Tensor):
     """``(U [C], Geometry, aux)`` at ``x [C, d]`` (float64): one forward pass and ``m`` backward passes."""
-    prior = density.prior
     sigma = float(density.sigma)
-    xt = x.detach().to(density.dtype).requires_grad_(True)
-    with torch.enable_grad():
-        r, aux = density.residual(prior.loc + prior.scale * xt)
-        m = r.shape[-1]
-        J = torch.stack([torch.autograd.grad(r[:, j].sum(), xt, retain_graph=j < m - 1)[0] for j in range(m)], 1)
-    r, J = r.detach().double(), J.double()
+    r, J, aux = residual_jacobian(density, x)
+    m = r.shape[-1]
     broken = ~(torch.isfinite(J).all(-1).all(-1) & torch.isfinite(r).all(-1))  # rejected, not passed to the SVD
     J = torch.where(broken[:, None, None], torch.zeros_like(J), J)
     grad = x + (J.mT @ r.unsqueeze(-1)).squeeze(-1) / sigma**2
     _, s, Vh = torch.linalg.svd(J, full_matrices=False)
     U = 0.5 * x.square().sum(-1) + 0.5 * (r / sigma).square().sum(-1)
     lik = -0.5 * (r / sigma).square().sum(-1) - m * (math.log(sigma) + 0.5 * math.log(2 * math.pi))
-    aux = {k: v.detach() for k, v in aux.items()} | {"log_likelihood": lik.to(density.dtype)}
+    aux = aux | {"log_likelihood": lik.to(density.dtype)}
     bad = broken | ~(torch.isfinite(U) & torch.isfinite(grad).all(-1) & torch.isfinite(s).all(-1))
     U = torch.where(bad, torch.full_like(U, math.inf), U)
     return U, Geometry(grad, Vh, (s / sigma).square()), aux, (1 + m) / 2
@@ -181,10 +176,7 @@ class MMALA:
             acc_sum += a
             accept = torch.rand(C, generator=rng, dtype=x.dtype, device=x.device) < a
             any_acc |= accept
-            keep = accept.unsqueeze(-1)
-            x, U = torch.where(keep, x1, x), torch.where(accept, U1, U)
-            g = Geometry(*(torch.where(accept.view(-1, *[1] * (b.dim() - 1)), a1, b) for a1, b in zip(g1, g)))
-            aux = {k: torch.where(accept.view(-1, *[1] * (v.dim() - 1)), v, aux[k]) for k, v in aux1.items()}
+            x, U, g, aux = (select(accept, new, old) for new, old in ((x1, x), (U1, U), (g1, g), (aux1, aux)))
         n = self.proposals_per_draw
         info = MMALAInfo((acc_sum / n).float(), any_acc, diverging,
                          torch.full((C,), round(cost), dtype=torch.long), h.float())
