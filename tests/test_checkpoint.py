@@ -17,7 +17,8 @@ import bayestrex as bt
 from bayestrex.checkpoint import load
 
 CHAINS, WARMUP, SAMPLES = 6, 24, 16
-SLOW_AT_CALL = 40  # the SIGKILL test's child sleeps per call from here on, so the kill lands mid-run
+SLOW_AT_CALL = 40  # the SIGKILL test's child sleeps per call from here on, so the kill lands mid-run:
+SLOW_SLEEP = 0.03  # its checkpoint then lives ~1.4 s, 3x past the latest kill (0.4 s; at 0.002 it lived 0.3 s)
 
 
 def models(seed=0):
@@ -146,7 +147,7 @@ def test_checkpoints_load_without_running_pickled_code(tmp_path):
 CHILD = textwrap.dedent("""
     import sys, time, torch
     sys.path.insert(0, {tests!r})
-    from test_checkpoint import models, run, SLOW_AT_CALL
+    from test_checkpoint import models, run, SLOW_AT_CALL, SLOW_SLEEP
     torch.set_num_threads(1)
     g, c = models()
 
@@ -157,7 +158,7 @@ CHILD = textwrap.dedent("""
         def forward(self, z):
             self.calls += 1
             if self.calls >= SLOW_AT_CALL:
-                time.sleep(0.002)
+                time.sleep(SLOW_SLEEP)
             return self.g(z)
 
     run(Slow(), c, "chees", checkpoint={path!r}, checkpoint_every=0)
@@ -175,6 +176,7 @@ def test_sigkill_at_a_random_moment_then_resume_gives_the_uninterrupted_draws(re
     child.kill()
     child.wait()
     assert child.returncode == -signal.SIGKILL, "the child finished before it was killed: make it slower"
+    assert path.exists(), "the child's run ended (its checkpoint removed) before the kill: make it slower"
     g, c = models()
     resumed = run(g, c, "chees", resume=path)
     assert 0 < resumed.info["resumed_at_iteration"] < WARMUP + SAMPLES
