@@ -18,27 +18,27 @@ A = torch.tensor([[1.0, 0.5, -0.3], [0.2, -1.0, 0.4]])
 Y = torch.tensor([1.2, -0.4])
 
 
-def linear_case(sigma: float, chains: int = 32, samples: int = 300):
+def linear_case(sigma: float, chains: int = 32, samples: int = 300, **kernel):
     """u(z) = A z (2 statistics, 3 latents), prior N(0, I): the posterior is N(Aᵀ(AAᵀ + σ²I)⁻¹ y, I - Aᵀ(AAᵀ + σ²I)⁻¹A)
     for every sigma >= 0 (at 0: the Gaussian restricted to the line A z = y)."""
     dens = Density(latent_dim=3, prior=GaussianPrior(torch.zeros(3), torch.ones(3)), residual=lambda z: z @ A.T - Y,
                    sigma=sigma)
     z0 = torch.randn(chains, 3, generator=torch.Generator().manual_seed(0))
-    draws = run(Constrained(), dens, z0, num_samples=samples, warmup=100, seed=1, progress=False)
+    draws = run(Constrained(**kernel), dens, z0, num_samples=samples, warmup=100, seed=1, progress=False)
     Ad, Yd = A.double(), Y.double()
     inner = torch.linalg.inv(Ad @ Ad.T + sigma**2 * torch.eye(2, dtype=torch.float64))
     return draws, Ad.T @ inner @ Yd, torch.eye(3, dtype=torch.float64) - Ad.T @ inner @ Ad
 
 
-@pytest.mark.parametrize("sigma", [0.1, 0.001])
-def test_linear_statistic_of_a_gaussian_at_any_sigma(sigma):
-    draws, mean, cov = linear_case(sigma)
+@pytest.mark.parametrize("sigma, selection", [(0.1, "multinomial"), (0.1, "endpoint"), (0.001, "multinomial")])
+def test_linear_statistic_of_a_gaussian_at_any_sigma(sigma, selection):
+    draws, mean, cov = linear_case(sigma, selection=selection)
     check_gaussian(draws.z, mean, cov, min_ess=2000)
     assert draws.stats["projection_failures"].sum() == 0  # a linear constraint projects exactly, reversibly
 
 
 def test_the_sigma_zero_limit_is_the_gaussian_on_an_affine_subspace():
-    draws, mean, cov = linear_case(0.0)
+    draws, mean, cov = linear_case(0.0, samples=600)  # multinomial selection: ESS ~0.2 per draw
     z = draws.z.double()
     assert (z @ A.double().T - Y.double()).abs().max() < 1e-4  # every draw on the line
     # the posterior is one-dimensional along the null space of A: check it there, where it is N(., 1)
@@ -55,13 +55,14 @@ def test_cost_per_draw_does_not_grow_as_sigma_shrinks():
     assert 0.5 < sizes[1e-4] / sizes[0.1] < 2, sizes
 
 
-def test_circle_under_an_anisotropic_prior_matches_quadrature():
+@pytest.mark.parametrize("selection, samples", [("multinomial", 600), ("endpoint", 300)])  # ESS ~2000 / ~3800
+def test_circle_under_an_anisotropic_prior_matches_quadrature(selection, samples):
     """u(z) = |z| = 1.5 exactly (sigma = 0), prior N(0, diag(1, 4)): on the circle z = 1.5 (cos t, sin t) the density
     is prior / |grad u| = prior (|grad |z|| = 1), so t has density ∝ exp(-1.125 (cos² t + sin² t / 4))."""
     dens = Density(latent_dim=2, prior=GaussianPrior(torch.zeros(2), torch.tensor([1.0, 2.0])),
                    residual=lambda z: z.norm(dim=-1) - 1.5, sigma=0.0)
     z0 = torch.randn(32, 2, generator=torch.Generator().manual_seed(2))
-    draws = run(Constrained(), dens, z0, num_samples=300, warmup=100, seed=3, progress=False)
+    draws = run(Constrained(selection=selection), dens, z0, num_samples=samples, warmup=100, seed=3, progress=False)
     z = draws.z.double()
     assert ((z.norm(dim=-1) - 1.5).abs() < 1e-4).all()
     t = np.linspace(-np.pi, np.pi, 200_001)
@@ -80,20 +81,45 @@ def test_sphere_in_5d_is_uniform():
     dens = Density(latent_dim=5, prior=GaussianPrior(torch.zeros(5), torch.ones(5)),
                    residual=lambda z: z.norm(dim=-1) - 2.0, sigma=0.0)
     z0 = torch.randn(32, 5, generator=torch.Generator().manual_seed(4))
-    draws = run(Constrained(), dens, z0, num_samples=200, warmup=100, seed=5, progress=False)
+    draws = run(Constrained(), dens, z0, num_samples=1000, warmup=100, seed=5, progress=False)  # ESS ~0.2 per draw
     z = draws.z.double()
     check_mean(z, torch.zeros(5), torch.full((5,), 0.8), min_ess=1500)
     # on the sphere of radius r in 5-d: E[z_i⁴] = 3 r⁴ / 35, so Var(z_i²) = 3·16/35 - 0.64
     check_mean(z**2, torch.full((5,), 0.8), torch.full((5,), 48 / 35 - 0.64), min_ess=1500)
 
 
-def test_without_its_accept_step_the_kernel_fails(monkeypatch):
+@pytest.mark.parametrize("selection", ["multinomial", "endpoint"])
+def test_without_its_accept_step_the_kernel_fails(monkeypatch, selection):
     import bayestrex.kernels.constrained as constrained
 
     monkeypatch.setattr(constrained, "acceptance", lambda h0, h1, ok: ok.double())  # every finished trajectory kept
+    # multinomial: every state of the window equally likely, whatever its energy
+    monkeypatch.setattr(constrained, "selection_log_weight", lambda h0, h: torch.zeros_like(h))
     with pytest.raises(AssertionError):  # the energy error of the adapted (now too large) steps biases the draws
-        draws, mean, cov = linear_case(0.1, samples=300)
+        draws, mean, cov = linear_case(0.1, samples=300, selection=selection)
         check_gaussian(draws.z, mean, cov, min_ess=2000)
+
+
+def test_multinomial_selection_draws_states_by_their_energy_and_failures_end_the_window():
+    """The pick of a window is a draw ∝ exp(-H) over the states offered, the start included; states offered with
+    ``mask`` False (after a failed step) never are."""
+    from bayestrex.kernels.constrained import ConstrainedState, _Pick
+
+    C = 40_000
+    start = ConstrainedState(torch.zeros(C, 1), torch.zeros(C, 1), torch.zeros(C), torch.zeros(C, 1),
+                             torch.zeros(C, 1, 1), {})
+    pick, rng = _Pick(start), torch.Generator().manual_seed(0)
+    log_w = [math.log(2.0), math.log(0.5), math.log(1.5)]  # relative to the start's weight 1
+    for k, w in enumerate(log_w):
+        mask = torch.ones(C, dtype=torch.bool) if k < 2 else torch.arange(C) % 2 == 0
+        pick.offer(mask, torch.full((C, 1), k + 1.0), torch.zeros(C), torch.zeros(C, 1), torch.zeros(C, 1, 1), {},
+                   torch.full((C,), w, dtype=torch.float64), rng)
+    for half, weights in ((0, [1, 2, 0.5, 1.5]), (1, [1, 2, 0.5])):
+        chosen = pick.q[half::2, 0]
+        p = torch.tensor(weights, dtype=torch.float64) / sum(weights)
+        freq = torch.stack([(chosen == v).double().mean() for v in range(len(weights))])
+        assert (freq - p).abs().max() < 4 * math.sqrt(0.25 / (C // 2)), (freq, p)
+        assert bool(pick.moved[half::2].eq(chosen != 0).all())
 
 
 def test_sample_refuses_sigma_zero_for_other_kernels_and_runs_it_with_constrained():
