@@ -112,10 +112,9 @@ def test_multinomial_selection_draws_states_by_their_energy_and_failures_end_the
     log_w = [math.log(2.0), math.log(0.5), math.log(1.5)]  # relative to the start's weight 1
     for k, w in enumerate(log_w):
         mask = torch.ones(C, dtype=torch.bool) if k < 2 else torch.arange(C) % 2 == 0
-        pick.offer(mask, torch.full((C, 1), k + 1.0), torch.zeros(C), torch.zeros(C, 1), torch.zeros(C, 1, 1), {},
-                   torch.full((C,), w, dtype=torch.float64), rng)
+        pick.offer(mask, start._replace(q=torch.full((C, 1), k + 1.0)), torch.full((C,), w, dtype=torch.float64), rng)
     for half, weights in ((0, [1, 2, 0.5, 1.5]), (1, [1, 2, 0.5])):
-        chosen = pick.q[half::2, 0]
+        chosen = pick.state.q[half::2, 0]
         p = torch.tensor(weights, dtype=torch.float64) / sum(weights)
         freq = torch.stack([(chosen == v).double().mean() for v in range(len(weights))])
         assert (freq - p).abs().max() < 4 * math.sqrt(0.25 / (C // 2)), (freq, p)

@@ -31,7 +31,7 @@ import torch
 
 from ..density import GaussianPrior, residual_jacobian
 from . import register
-from .base import positive, positive_int, probability
+from .base import positive, positive_int, probability, select
 from .tuning import DualAveraging, da_init, da_update
 
 __all__ = ["Constrained", "ConstrainedState", "ConstrainedInfo"]
@@ -47,9 +47,9 @@ MAX_NEWTON = 20
 #: stalls at a residual of 1e-3..1e-1 even damped), 20-40% of trajectories of length 1 whatever the step from 0.025
 #: to 0.4 (`tied:3,8,0.9`, σ = 0.0125), so "endpoint" (a failure rejects the trajectory) drove its step to 0.012:
 #: "multinomial" (static multinomial HMC with a uniformly placed window, Betancourt 2017 app. A; a failed step is an
-#: edge that fails from either end, so cutting the window there keeps detailed balance) took steps of 0.14 there, 3.5x
-#: fewer gradient-equivalents and 2-3.5x the ESS per gradient. On smooth level sets (circle, sphere) it draws states
-#: nearer the start and "endpoint" gave 1.3-2.3x its ESS per gradient
+#: edge that fails from either end, so cutting the window there keeps detailed balance) takes steps of ~0.1 there
+#: (README, "Multinomial selection"). On smooth level sets (circle, sphere) it draws states nearer the start, and
+#: "endpoint" gave 1.3-2.3x its ESS per gradient (the tests' settings; an ad-hoc measurement, see the README)
 SELECTIONS = ("multinomial", "endpoint")
 
 
@@ -224,48 +224,44 @@ def selection_log_weight(h0: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return h0 - h
 
 
-def _leapfrog(system: _Lifted, q, p, U, grad, dc, aux, eps, active):
-    """One constrained leapfrog step of the chains in ``active`` (the others are returned as they were): half kick and
-    tangent projection, position step pulled onto the manifold, reversibility check, half kick. Returns the new
-    ``(q, p, U, grad, dc, aux)``, ``ok [C]`` (both projections converged and the reverse step returned), the energy
-    ``h [C]``, the gradient-equivalents of the evaluation and the Newton iterations ``[C]``."""
-    p = _tangent(dc, p - 0.5 * eps.unsqueeze(-1) * grad)
-    q1, p1, ok, it = _retract(system, q, p, eps, dc, active)
-    U1, g1, dc1, _, aux1, c_eval = system.evaluate(torch.where(ok.unsqueeze(-1), q1, q))
+def _leapfrog(system: _Lifted, at: ConstrainedState, p, eps, active):
+    """One constrained leapfrog step of the chains in ``active`` from ``at`` with momentum ``p`` (the other chains,
+    and every chain whose step failed, are returned as they were): half kick and tangent projection, position step
+    pulled onto the manifold, reversibility check, half kick. Returns the new ``(at, p)`` (``at.z`` is left as it
+    was), ``ok [C]`` (both projections converged and the reverse step returned), the energy ``h [C]``, the
+    gradient-equivalents of the evaluation and the Newton iterations ``[C]``."""
+    p = _tangent(at.dc, p - 0.5 * eps.unsqueeze(-1) * at.grad)
+    q1, p1, ok, it = _retract(system, at.q, p, eps, at.dc, active)
+    U1, g1, dc1, _, aux1, c_eval = system.evaluate(torch.where(ok.unsqueeze(-1), q1, at.q))
     p1 = _tangent(dc1, p1)
     qr, _, okr, itr = _retract(system, q1, -p1, eps, dc1, ok)  # the reverse step from (q1, -p1) must land on q
-    ok = okr & ((qr - q).abs().amax(-1) < system.tol_rev)
+    ok = okr & ((qr - at.q).abs().amax(-1) < system.tol_rev)
     p1 = _tangent(dc1, p1 - 0.5 * eps.unsqueeze(-1) * g1)
     h = U1 + 0.5 * p1.square().sum(-1)
-    keep = ok.unsqueeze(-1)
-    aux = {k: torch.where(ok.view(-1, *([1] * (v.dim() - 1))), v, aux[k]) for k, v in aux1.items()}
-    return (torch.where(keep, q1, q), torch.where(keep, p1, p), torch.where(ok, U1, U), torch.where(keep, g1, grad),
-            torch.where(keep.unsqueeze(-1), dc1, dc), aux, ok, h, c_eval, it + itr)
+    return (select(ok, ConstrainedState(q1, at.z, U1, g1, dc1, aux1), at), select(ok, p1, p), ok, h, c_eval,
+            it + itr)
 
 
 class _Pick:
     """Progressive multinomial sampling over a trajectory: each offered state replaces the pick with probability
-    ``w / (W + w)`` (``W``: the weights offered so far), so the pick is a draw ∝ ``w`` from all of them."""
+    ``w / (W + w)`` (``W``: the weights offered so far), so the pick is a draw ∝ ``w`` from all of them; the start
+    (``state``) has weight 1 (log weights are relative to its energy)."""
 
     def __init__(self, state: ConstrainedState):
-        self.q, self.U, self.grad, self.dc, self.aux = state.q, state.potential, state.grad, state.dc, state.aux
-        self.log_total = torch.zeros_like(state.potential)  # the start's weight is 1 (log weights are relative to h0)
+        self.state = state
+        self.log_total = torch.zeros_like(state.potential)
         self.moved = torch.zeros(len(state.q), dtype=torch.bool, device=state.q.device)
 
-    def offer(self, mask, q, U, grad, dc, aux, log_w, rng):
+    def offer(self, mask, at: ConstrainedState, log_w, rng):
         log_w = torch.where(mask & torch.isfinite(log_w), log_w, torch.full_like(log_w, -math.inf))
         total = torch.logaddexp(self.log_total, log_w)
-        u = torch.rand(len(q), generator=rng, dtype=torch.float64, device=rng.device).to(q.device)
-        self.take(mask & (u.log() < log_w - total), q, U, grad, dc, aux)
+        u = torch.rand(len(log_w), generator=rng, dtype=torch.float64, device=rng.device).to(log_w.device)
+        self.take(mask & (u.log() < log_w - total), at)
         self.log_total = torch.where(mask, total, self.log_total)
 
-    def take(self, take, q, U, grad, dc, aux):
-        """Make ``(q, U, grad, dc, aux)`` the pick of the chains in ``take [C]``."""
-        t = take.unsqueeze(-1)
-        self.q, self.grad = torch.where(t, q, self.q), torch.where(t, grad, self.grad)
-        self.U, self.dc = torch.where(take, U, self.U), torch.where(t.unsqueeze(-1), dc, self.dc)
-        self.aux = {k: torch.where(take.view(-1, *([1] * (v.dim() - 1))), v, self.aux[k]) for k, v in aux.items()}
-        self.moved = self.moved | take
+    def take(self, take, at: ConstrainedState):
+        """Make ``at`` the pick of the chains in ``take [C]``."""
+        self.state, self.moved = select(take, at, self.state), self.moved | take
 
 
 @register("constrained")
@@ -344,20 +340,15 @@ class Constrained:
         # from the start with +p0 (a failure on the backward side moves a chain to the forward side at once)
         todo_back, todo_fwd = back.clone(), n - back
         forward = todo_back == 0
-        q, p, U, grad, dc, aux = state.q, torch.where(forward.unsqueeze(-1), p0, -p0), state.potential, state.grad, \
-            state.dc, state.aux
+        at, p = state, torch.where(forward.unsqueeze(-1), p0, -p0)
         for _ in range(n):
             turn = ~forward & (todo_back == 0)
             if bool(turn.any()):
-                t = turn.unsqueeze(-1)
-                q, p, grad = torch.where(t, state.q, q), torch.where(t, p0, p), torch.where(t, state.grad, grad)
-                U, dc = torch.where(turn, state.potential, U), torch.where(t.unsqueeze(-1), state.dc, dc)
-                aux = {k: torch.where(turn.view(-1, *([1] * (v.dim() - 1))), state.aux[k], v) for k, v in aux.items()}
-                forward = forward | turn
+                at, p, forward = select(turn, state, at), select(turn, p0, p), forward | turn
             alive = torch.where(forward, todo_fwd > 0, todo_back > 0)
             if not bool(alive.any()):
                 break
-            q, p, U, grad, dc, aux, ok, h, c_eval, its = _leapfrog(system, q, p, U, grad, dc, aux, eps, alive)
+            at, p, ok, h, c_eval, its = _leapfrog(system, at, p, eps, alive)
             newton += its
             cost += float(c_eval) * alive.float().cpu()
             div = alive & ok & (~torch.isfinite(h) | (h - h0 > 1000.0))
@@ -370,17 +361,14 @@ class Constrained:
             todo_back = torch.where(alive & ~forward, torch.where(good, todo_back - 1, 0), todo_back)
             todo_fwd = torch.where(alive & forward, torch.where(good, todo_fwd - 1, 0), todo_fwd)
             if multinomial:
-                pick.offer(good, q, U, grad, dc, aux, selection_log_weight(h0, h), rng)
+                pick.offer(good, at, selection_log_weight(h0, h), rng)
         cost += 0.5 * (1 + state.dc.shape[1]) * newton.float()
         if multinomial:
             accept_stat = torch.where(tried > 0, stat / tried.clamp(min=1), torch.ones_like(stat))
         else:  # endpoint (back = 0): the chains whose n steps all succeeded end together, `h` their energy
             accept_stat = acceptance(h0, h, (failures == 0).to(dev) & ~diverging)
-            pick.take(torch.rand(C, generator=rng, dtype=torch.float64, device=rng.device).to(dev) < accept_stat,
-                      q, U, grad, dc, aux)
-        q, U, grad, dc, aux = pick.q, pick.U, pick.grad, pick.dc, pick.aux
-        new = ConstrainedState(q, torch.where(pick.moved.unsqueeze(-1), system.z_of(q[:, : system.d]), state.z),
-                               U, grad, dc, aux)
+            pick.take(torch.rand(C, generator=rng, dtype=torch.float64, device=rng.device).to(dev) < accept_stat, at)
+        new = pick.state._replace(z=select(pick.moved, system.z_of(pick.state.q[:, : system.d]), state.z))
         return new, ConstrainedInfo(accept_stat.float(), pick.moved, diverging, failures, h0.float(),
                                     cost.round().long(), eps.float(), newton)
 
