@@ -81,6 +81,7 @@ def run_row(vae, clf, target, sigma, kernel, chains, warmup, samples, seed) -> d
                local_tail_per_kgrad=round(1000 * local["tail"] / cost, 4))
     if "projection_failures" in result.stats:
         row["projection_failures"] = int(result.stats["projection_failures"].sum())
+        row |= {k: result.info[k] for k in ("selection", "target_accept", "logdet_force") if k in result.info}
     if isinstance(result.info.get("step_size"), float):
         row["step_size"] = float(f"{result.info['step_size']:.3g}")
     print(json.dumps(row), flush=True)
@@ -93,7 +94,8 @@ def figure(rows, path):
     targets = list(dict.fromkeys(r["target"] for r in rows))
     fig, axes = plt.subplots(1, len(targets), figsize=(4 * len(targets), 3.2), squeeze=False)
     for ax, t in zip(axes[0], targets):
-        for k, marker in (("nuts", "o"), ("chees", "s"), ("constrained", "^"), ("mmala", "v")):
+        for k, marker in (("nuts", "o"), ("chees", "s"), ("constrained", "^"), ("constrained-prior-force", "<"),
+                          ("constrained-logdet-force", "d"), ("constrained-endpoint", ">"), ("mmala", "v")):
             pts = sorted((r["sigma"], r["bulk_per_kgrad"]) for r in rows if r["target"] == t and r["kernel"] == k)
             if pts:
                 ax.plot(*zip(*pts), marker=marker, label=k)
@@ -109,6 +111,10 @@ def figure(rows, path):
 
 KERNELS = dict(nuts=lambda a: PyroNUTS(), chees=lambda a: ChEES(max_steps=a.chees_max_steps),
                constrained=lambda a: Constrained(), mmala=lambda a: MMALA())
+# explicit configurations of `constrained` (a "constrained" row is the defaults of its date)
+KERNELS["constrained-prior-force"] = lambda a: Constrained(logdet_force=False)  # the co-area term in the energy only
+KERNELS["constrained-logdet-force"] = lambda a: Constrained(logdet_force=True)  # and its force integrated
+KERNELS["constrained-endpoint"] = lambda a: Constrained(selection="endpoint")  # the rule before "multinomial"
 
 
 def with_ratios(rows: list[dict]) -> list[dict]:
@@ -185,7 +191,7 @@ def main(argv=None) -> list[dict]:
                     continue
                 chains = 1 if name == "nuts" else args.chains
                 rows.append(run_row(vae, clf, target, sigma, KERNELS[name](args), chains, args.warmup, args.samples,
-                                    args.seed))
+                                    args.seed) | {"kernel": name})
                 write_json(dict(meta=dict(meta, partial=True), rows=with_ratios(rows)), args.out / "bench_sigma.json")
     md = write(with_ratios(rows), meta, args.out)
     print(md)

@@ -296,3 +296,21 @@ def test_level_set_geometry_measures_a_circle_exactly():
         assert torch.allclose(geo["turn"][..., i], torch.tensor(math.atan(ell / R)).double(), rtol=1e-3, atol=2e-4)
     assert torch.allclose(geo["s"][:, 0], torch.ones(5).double())  # |grad |z|| = 1
     assert geo_mod._reach(geo["departure"].flatten(0, 1), 0.01) == 0.1  # 0.0033 at 0.1, 0.030 at 0.3
+
+
+def test_projection_failures_are_told_apart_on_a_circle():
+    """On the circle |z| = 1.5 (sigma = 0) a step whose tangent move is short returns exactly; one longer than the
+    radius leaves the normal line at the start without a point on the circle: a forward failure, every time."""
+    import torch
+
+    from bayestrex.density import Density
+
+    fail_mod = _module("projection_failures")
+    dens = Density(latent_dim=2, residual=lambda z: z.norm(dim=-1, keepdim=True) - 1.5, sigma=0.0)
+    angles = torch.linspace(0, 6, 8)
+    z = 1.5 * torch.stack([angles.cos(), angles.sin()], -1)
+    short = fail_mod.one_step_failures(dens, z, 0.05, momenta=4, seed=0)
+    assert short["failed"] == 0 and short["newton"] >= 2 and short["abs_dH_p90"] < 0.01
+    # |p| ~ 1 along the tangent; a move of 20 |p| > 1.5 has no root on the normal line (a few tiny momenta may find one)
+    long = fail_mod.one_step_failures(dens, z, 20.0, momenta=4, seed=0)
+    assert long["failed"] > 0.8 and long["forward"] == long["failed"], long

@@ -1,12 +1,9 @@
 """Constrained HMC on the lifted level set: a kernel whose cost per effective draw does not grow as sigma shrinks.
 
-Manifold lifting (Au, Graham & Thiery 2020; constrained HMC on differentiable generators: Graham & Storkey 2017).
-The posterior ``π0(z) N(u*; u(z), σ²)`` is the marginal of ``(z, y)`` with ``y ~ N(0, I_m)`` conditioned on the
-constraint ``c(z, y) = u(z) + σ y - u* = 0``: on that d-dimensional manifold of ``R^{d+m}`` the density with respect
-to surface measure is ``π0(z) N(y; 0, I) / sqrt(det(Dc Dcᵀ))``, ``Dc = [J, σ I]``, ``J = ∂u/∂z`` (the co-area
-formula). As σ → 0 the manifold tends to the level set itself (times ``y``) and stays well conditioned
-(``Dc Dcᵀ = J Jᵀ + σ² I``), while the unconstrained posterior becomes a tube of width σ whose curvature makes
-ordinary HMC take steps of size ~σ. ``sigma = 0`` samples the level set exactly: ``π0(z) / sqrt(det(J Jᵀ))``.
+It moves on the lifted manifold of :mod:`bayestrex.kernels.lifted` (manifold lifting, Au, Graham & Thiery 2020: the
+posterior as a d-dimensional manifold of ``(z, y)``, ``c(z, y) = u(z) + σ y - u* = 0``, with the co-area density
+``π0(z) N(y; 0, I) / sqrt(det(Dc Dcᵀ))``), where the unconstrained posterior is a tube of width σ whose curvature makes
+ordinary HMC take steps of size ~σ; ``sigma = 0`` samples the level set itself.
 
 Dynamics: the constrained (RATTLE / geodesic) leapfrog with the identity metric in prior-standardised coordinates
 (Lelièvre, Rousset & Stoltz 2019; Mici's ``ConstrainedLeapfrogIntegrator`` and its Newton projection): half momentum
@@ -18,8 +15,8 @@ steps before it) or rejects it (``"endpoint"``), and is counted (``projection_fa
 
 Cost, counted in gradient-equivalents (``n_steps``; a gradient = one forward and one backward pass = 1): one
 evaluation of the potential's gradient needs the Jacobian (``m`` backward passes with their graph) and a backward
-pass through it for the ``log det`` term: ``2 (1 + m)``; a Newton iteration is one forward and ``m`` backward
-passes: ``(1 + m) / 2``.
+pass through it for the ``log det`` term: ``2 (1 + m)`` (none with ``logdet_force=False``: the last Newton iterate's
+Jacobian is the new point's); a Newton iteration is one forward and ``m`` backward passes: ``(1 + m) / 2``.
 """
 
 from __future__ import annotations
@@ -29,28 +26,37 @@ from typing import NamedTuple
 
 import torch
 
-from ..density import GaussianPrior, residual_jacobian
 from . import register
 from .base import positive, positive_int, probability, select
+from .lifted import Lifted, pull_onto, retract, tangent
 from .tuning import DualAveraging, da_init, da_update
 
 __all__ = ["Constrained", "ConstrainedState", "ConstrainedInfo"]
 
-#: target mean acceptance (constrained HMC in Mici's examples and Au et al. use 0.8)
-TARGET_ACCEPT = 0.8
-#: Newton converges when the constraint's max norm is below this many units of the density's float resolution (a
-#: float32 network's statistics are exact to ~1e-6 at best; a position criterion would amplify that noise by 1/sigma
-#: in y); the reverse step must return within the position tolerance
-CONSTRAINT_TOL_EPS, REVERSE_TOL_EPS = 100, 2000
-MAX_NEWTON = 20
-#: how a trajectory's state is chosen. On network level sets a projection fails at *places* (the normal swings, Newton
-#: stalls at a residual of 1e-3..1e-1 even damped), 20-40% of trajectories of length 1 whatever the step from 0.025
-#: to 0.4 (`tied:3,8,0.9`, σ = 0.0125), so "endpoint" (a failure rejects the trajectory) drove its step to 0.012:
-#: "multinomial" (static multinomial HMC with a uniformly placed window, Betancourt 2017 app. A; a failed step is an
-#: edge that fails from either end, so cutting the window there keeps detailed balance) takes steps of ~0.1 there
-#: (README, "Multinomial selection"). On smooth level sets (circle, sphere) it draws states nearer the start, and
-#: "endpoint" gave 1.3-2.3x its ESS per gradient (the tests' settings; an ad-hoc measurement, see the README)
+#: target mean acceptance per selection. "endpoint": 0.8, as constrained HMC in Mici's examples and Au et al.
+#: "multinomial" (mean over a window's steps, a failed one 0): on `tied:3,8,0.9` projections fail ~0.5 times per unit
+#: of integration time at steps from 0.05 to 0.4 (`analyses/projection_failures.py`), so longer steps cover the same
+#: path for fewer gradients; 0.6 doubled the bulk ESS per gradient of 0.8 there (step 0.32 against 0.10; README,
+#: "Multinomial selection"), and 0.45 (step 0.52) did not add to it
+TARGET_ACCEPT = {"multinomial": 0.6, "endpoint": 0.8}
+#: how a trajectory's state is chosen. On network level sets a projection fails at *places*: on `tied:3,8,0.9` at
+#: σ = 0.0125 about 0.4-0.6 failures per unit of integration time at steps from 0.05 to 0.4, nearly all the forward
+#: Newton projection, the quarter of the states with most failures holding 92-100% of them at steps up to 0.1
+#: (`python -m analyses.projection_failures`). "endpoint" (a failure rejects the trajectory) drove the step to 0.012
+#: there; "multinomial" (static multinomial HMC with a uniformly placed window, Betancourt 2017 app. A; a failed step
+#: is an edge that fails from either end, so cutting the window there keeps detailed balance) keeps the states before a
+#: failure and takes steps of ~0.3 (README, "Multinomial selection"). On smooth level sets (circle, sphere) it draws
+#: states nearer the start, and "endpoint" gave 1.3-2.3x its ESS per gradient (an ad-hoc measurement, see the README)
 SELECTIONS = ("multinomial", "endpoint")
+#: why a step fails: the position step's Newton projection does not converge; the reverse step's does not; or the
+#: reverse step converges elsewhere than the start (not reversible)
+FAILURES = ("none", "forward projection", "reverse projection", "not reversible")
+#: default of ``logdet_force``. On `tied:3,8,0.9` (16 chains x (100 + 100), target acceptance 0.6; README, "Multinomial
+#: selection") the step adapts to the same size without the co-area force (0.16-0.37 against 0.25-0.32) and a step
+#: costs its projections alone, so the bulk ESS per gradient was 1.9-2.2x that with the force at sigma 0.05-0.00625
+#: (at target 0.8 the step without it shrank 3x and the two were even). Where log det(Dc Dcᵀ) varies fast along the
+#: level set (relative to the prior) the force would matter more
+LOGDET_FORCE = False
 
 
 class ConstrainedState(NamedTuple):
@@ -73,150 +79,10 @@ class ConstrainedInfo(NamedTuple):
     newton_iterations: torch.Tensor  #: [C] Newton iterations of the projections, reverse checks included
 
 
-class _Lifted:
-    """The lifted system of one density: coordinates, constraint, potential and their derivatives."""
-
-    def __init__(self, density):
-        prior = density.prior
-        if not isinstance(prior, GaussianPrior):
-            raise ValueError("kernel 'constrained' needs the Gaussian prior; a custom prior is sampled with "
-                             "kernel='mh'")
-        if not callable(getattr(density, "residual", None)) or getattr(density, "sigma", None) is None:
-            raise ValueError("kernel 'constrained' needs a density with a Gaussian likelihood of statistics: "
-                             "residual(z) -> u(z) - u* and sigma (a Posterior, or Density(residual=..., sigma=...))")
-        if not getattr(density, "smooth", True):
-            raise ValueError(f"kernel 'constrained' moves along the level set and needs statistics that are smooth "
-                             f"there; target {getattr(density, 'target', '?')!r} has kinks on it (for ambiguous "
-                             f"targets use the smooth form, e.g. 'ambiguous:3,8,smooth')")
-        if not density.untempered:
-            raise ValueError("kernel 'constrained' samples the posterior itself (beta = 1), not a tempered density")
-        self.density, self.prior = density, prior
-        self.sigma = float(density.sigma)
-        self.d = density.latent_dim
-        eps = torch.finfo(density.dtype).eps
-        self.tol_c, self.tol_rev = CONSTRAINT_TOL_EPS * eps, REVERSE_TOL_EPS * eps
-
-    def z_of(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.prior.loc + self.prior.scale * x.to(self.prior.scale.dtype)).to(self.density.dtype)
-
-    def x_of(self, z: torch.Tensor) -> torch.Tensor:
-        return ((z - self.prior.loc) / self.prior.scale).double()
-
-    def jacobian(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(c [C, m], Dc [C, m, D])`` at ``q`` (float64): one forward pass and ``m`` backward passes."""
-        d, s = self.d, self.sigma
-        c, J, _ = residual_jacobian(self.density, q[:, :d])
-        m = c.shape[-1]
-        if s > 0:
-            c = c + s * q[:, d:]
-            J = torch.cat([J, s * torch.eye(m, dtype=J.dtype, device=J.device).expand(len(q), m, m)], -1)
-        return c, J
-
-    def evaluate(self, q: torch.Tensor):
-        """``(U [C], ∇U [C, D], Dc [C, m, D], c [C, m], aux)`` at ``q``: one forward pass, the Jacobian with its graph,
-        and the gradient of ``U = |x|²/2 + |y|²/2 + log det(Dc Dcᵀ)/2``."""
-        d, s = self.d, self.sigma
-        x = q[:, :d].detach().to(self.density.dtype).requires_grad_(True)
-        with torch.enable_grad():
-            r, aux = self.density.residual(self.z_of(x))
-            m = r.shape[-1]
-            J = torch.stack([torch.autograd.grad(r[:, j].sum(), x, create_graph=True, retain_graph=True)[0]
-                             for j in range(m)], 1)  # [C, m, d]
-            G = J @ J.mT
-            if s > 0:
-                G = G + s * s * torch.eye(m, dtype=G.dtype, device=G.device)
-            logdet = torch.linalg.cholesky_ex(G.double())[0].diagonal(dim1=-2, dim2=-1).log().sum(-1) * 2
-            U = 0.5 * x.double().square().sum(-1) + 0.5 * logdet
-            (gx,) = torch.autograd.grad(U.sum(), x)
-        y = q[:, d:]
-        U = U.detach() + 0.5 * y.square().sum(-1)
-        J = J.detach().double()
-        if s > 0:
-            dc = torch.cat([J, s * torch.eye(m, dtype=J.dtype, device=J.device).expand(len(q), m, m)], -1)
-            grad = torch.cat([gx.double(), y], -1)
-        else:
-            dc, grad = J, gx.double()
-        c = r.detach().double() + (s * y if s > 0 else 0.0)
-        lik = -0.5 * (r.detach().double() / s).square().sum(-1) - m * (math.log(s) + 0.5 * math.log(2 * math.pi)) \
-            if s > 0 else torch.full((len(q),), math.nan, dtype=torch.float64)
-        aux = {k: v.detach() for k, v in aux.items()} | {"log_likelihood": lik.to(self.density.dtype)}
-        bad = ~(torch.isfinite(U) & torch.isfinite(grad).all(-1))
-        U = torch.where(bad, torch.full_like(U, math.inf), U)
-        return U, grad, dc, c, aux, 2 * (1 + m)
-
-
 def acceptance(h0: torch.Tensor, h1: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
     """Metropolis acceptance ``min(1, exp(h0 - h1))`` ``[C]``; 0 where the trajectory failed (``ok`` False)."""
     log_acc = torch.where(ok & torch.isfinite(h1), h0 - h1, torch.full_like(h1, -math.inf)).clamp(max=0.0)
     return log_acc.exp().nan_to_num(nan=0.0)
-
-
-def _pull_onto(system: _Lifted, q: torch.Tensor, iterations: int = 4 * MAX_NEWTON) -> torch.Tensor:
-    """Starting points ``q [C, D]`` moved onto the level set by damped Gauss-Newton: minimum-norm steps, halved per
-    chain (up to 2⁻⁸) until the constraint's max norm decreases. Full steps overshoot where the level set is curved
-    (the digits' ambiguous set: they oscillate around it), so only the initial placement uses this; the dynamics keep
-    the plain Newton projection, whose failures are rejections."""
-    c, dc = system.jacobian(q)
-    for _ in range(iterations):
-        norm = c.abs().amax(-1)
-        todo = norm >= system.tol_c
-        if not bool(todo.any()):
-            break
-        step = (dc.mT @ _gram_solve(dc, c).unsqueeze(-1)).squeeze(-1)
-        t = torch.ones(len(q), dtype=q.dtype, device=q.device)
-        for _ in range(9):
-            trial = q - t[:, None] * step
-            c_t, dc_t = system.jacobian(trial)
-            better = todo & torch.isfinite(c_t).all(-1) & (c_t.abs().amax(-1) < norm)
-            q, c, dc = (torch.where(better[:, None], trial, q), torch.where(better[:, None], c_t, c),
-                        torch.where(better[:, None, None], dc_t, dc))
-            todo = todo & ~better
-            if not bool(todo.any()):
-                break
-            t = t / 2
-    return q
-
-
-def _gram_solve(dc: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``(Dc Dcᵀ)⁻¹ v`` for ``v [C, m]``."""
-    return _solve(dc @ dc.mT, v.unsqueeze(-1)).squeeze(-1)
-
-
-def _solve(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """``A⁻¹ B`` batched over chains; NaN for a chain whose ``A`` is singular (its step then fails and is rejected,
-    instead of one chain's singular Gram matrix stopping the run)."""
-    X, info = torch.linalg.solve_ex(A, B)
-    return torch.where((info != 0).reshape(-1, *[1] * (X.dim() - 1)), torch.full_like(X, math.nan), X)
-
-
-def _tangent(dc: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Project ``p [C, D]`` onto the tangent space ``{v : Dc v = 0}``."""
-    return p - (dc.mT @ _gram_solve(dc, (dc @ p.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)).squeeze(-1)
-
-
-def _retract(system: _Lifted, q, p, eps, dc, active):
-    """The position step ``q' = q + ε (p - Dc(q)ᵀ λ)`` with ``c(q') = 0``: Newton's method on ``λ``, each iteration
-    ``q' ← q' - Dc(q)ᵀ (Dc(q') Dc(q)ᵀ)⁻¹ c(q')`` with the Jacobian at the iterate (one forward and ``m`` backward
-    passes; quadratic convergence, where the chord method that keeps ``Dc(q)`` stalls on a curved network level set).
-    Returns ``(q', p', converged [C], iterations [C])`` with ``p' = (q' - q) / ε``."""
-    e = eps.unsqueeze(-1)
-    qn = q + e * p
-    done = ~active
-    ok = torch.zeros_like(active)
-    iterations = torch.zeros(len(q), dtype=torch.long)
-    for _ in range(MAX_NEWTON):
-        c, dcn = system.jacobian(qn)
-        iterations += (~done).long().cpu()
-        lam = _solve(dcn @ dc.mT, c.unsqueeze(-1))
-        step = (dc.mT @ lam).squeeze(-1)
-        finite = torch.isfinite(c).all(-1) & torch.isfinite(step).all(-1)
-        conv = finite & (c.abs().amax(-1) < system.tol_c)
-        ok |= conv & ~done
-        done |= conv | ~finite | (c.abs().amax(-1) > 1e8)
-        if bool(done.all()):
-            break
-        qn = torch.where(done.unsqueeze(-1), qn, qn - step)
-    return qn, (qn - q) / e, ok & active, iterations
 
 
 def selection_log_weight(h0: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -224,22 +90,29 @@ def selection_log_weight(h0: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return h0 - h
 
 
-def _leapfrog(system: _Lifted, at: ConstrainedState, p, eps, active):
+def _leapfrog(system: Lifted, at: ConstrainedState, p, eps, active, logdet_force: bool):
     """One constrained leapfrog step of the chains in ``active`` from ``at`` with momentum ``p`` (the other chains,
     and every chain whose step failed, are returned as they were): half kick and tangent projection, position step
     pulled onto the manifold, reversibility check, half kick. Returns the new ``(at, p)`` (``at.z`` is left as it
     was), ``ok [C]`` (both projections converged and the reverse step returned), the energy ``h [C]``, the
-    gradient-equivalents of the evaluation and the Newton iterations ``[C]``."""
-    p = _tangent(at.dc, p - 0.5 * eps.unsqueeze(-1) * at.grad)
-    q1, p1, ok, it = _retract(system, at.q, p, eps, at.dc, active)
-    U1, g1, dc1, _, aux1, c_eval = system.evaluate(torch.where(ok.unsqueeze(-1), q1, at.q))
-    p1 = _tangent(dc1, p1)
-    qr, _, okr, itr = _retract(system, q1, -p1, eps, dc1, ok)  # the reverse step from (q1, -p1) must land on q
-    ok = okr & ((qr - at.q).abs().amax(-1) < system.tol_rev)
-    p1 = _tangent(dc1, p1 - 0.5 * eps.unsqueeze(-1) * g1)
-    h = U1 + 0.5 * p1.square().sum(-1)
-    return (select(ok, ConstrainedState(q1, at.z, U1, g1, dc1, aux1), at), select(ok, p1, p), ok, h, c_eval,
-            it + itr)
+    gradient-equivalents of the evaluation, the Newton iterations ``[C]`` and why a step failed ``[C]`` (an index
+    into ``FAILURES``; 0 for the steps that did not fail)."""
+    p = tangent(at.dc, p - 0.5 * eps.unsqueeze(-1) * at.grad)
+    q1, p1, ok, it, (dc1, aux1) = retract(system, at.q, p, eps, at.dc, active)
+    if logdet_force:
+        U1, g1, dc1, _, aux1, c_eval = system.evaluate(torch.where(ok.unsqueeze(-1), q1, at.q))
+    else:  # the retraction's last Jacobian is Dc(q1): no network pass
+        U1, g1 = system.prior_force(q1, dc1)
+        c_eval = 0
+    at1 = select(ok, ConstrainedState(q1, at.z, U1, g1, dc1, aux1), at)
+    p1 = tangent(at1.dc, p1)
+    qr, _, okr, itr, _ = retract(system, q1, -p1, eps, at1.dc, ok)  # the reverse step from (q1, -p1) must land on q
+    back = okr & ((qr - at.q).abs().amax(-1) < system.tol_rev)
+    kind = torch.where(~active | back, 0, torch.where(~ok, 1, torch.where(~okr, 2, 3)))  # FAILURES' index
+    ok = back
+    p1 = tangent(at1.dc, p1 - 0.5 * eps.unsqueeze(-1) * at1.grad)
+    h = at1.potential + 0.5 * p1.square().sum(-1)
+    return select(ok, at1, at), select(ok, p1, p), ok, h, c_eval, it + itr, kind
 
 
 class _Pick:
@@ -272,8 +145,9 @@ class Constrained:
     ----------
     trajectory_length : float
         Integration time in prior-standardised units, jittered as ``u · T`` per iteration (shared by the chains).
-    target_accept : float
-        Dual averaging of the shared step size toward this mean acceptance (failed projections count as 0).
+    target_accept : float, optional
+        Dual averaging of the shared step size toward this mean acceptance (failed projections count as 0); by
+        default ``TARGET_ACCEPT[selection]``.
     max_steps : int
         Cap on leapfrog steps per iteration.
     initial_step_size : float
@@ -282,6 +156,11 @@ class Constrained:
         How the next state is drawn from the trajectory (see ``SELECTIONS``): ``"multinomial"`` (a window placed at
         random around the start, a failed projection ends it on that side, a state drawn ∝ exp(-H)) or
         ``"endpoint"`` (Metropolis on the last state; a failed projection rejects the whole trajectory).
+    logdet_force : bool
+        Whether the dynamics integrate the force of the co-area term ``log det(Dc Dcᵀ)/2`` (True) or the prior's alone
+        (False; see ``LOGDET_FORCE``). The term stays in the energy that weighs the states, so the draws are exact
+        either way; without its force a step needs no network pass beyond the projections' (the last Newton
+        iterate's Jacobian is ``Dc`` at the new point), with it one Jacobian with its graph and a second backward pass.
     """
 
     name = "constrained"
@@ -292,24 +171,28 @@ class Constrained:
                 "newton_iterations")
     allows_zero_sigma = True
 
-    def __init__(self, *, trajectory_length: float = math.pi, target_accept: float = TARGET_ACCEPT,
-                 max_steps: int = 64, initial_step_size: float = 0.3, selection: str = "multinomial"):
+    def __init__(self, *, trajectory_length: float = math.pi, target_accept: float | None = None,
+                 max_steps: int = 64, initial_step_size: float = 0.3, selection: str = "multinomial",
+                 logdet_force: bool = LOGDET_FORCE):
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {', '.join(map(repr, SELECTIONS))}, got {selection!r}")
-        self.selection = selection
+        if not isinstance(logdet_force, bool):
+            raise ValueError(f"logdet_force must be True or False, got {logdet_force!r}")
+        self.selection, self.logdet_force = selection, logdet_force
         self.trajectory_length = positive("trajectory_length", trajectory_length)
-        self.target_accept = probability("target_accept", target_accept)
+        self.target_accept = probability("target_accept", TARGET_ACCEPT[selection] if target_accept is None
+                                         else target_accept)
         self.max_steps = positive_int("max_steps", max_steps)
         self.initial_step_size = positive("initial_step_size", initial_step_size)
 
     def init(self, density, z0, rng) -> ConstrainedState:
-        system = _Lifted(density)
+        system = Lifted(density)
         x = system.x_of(z0)
         if system.sigma > 0:  # y = -(u(z) - u*) / sigma puts every chain on the manifold exactly
             r, _ = density.residual(z0)
             q = torch.cat([x, -r.detach().double() / system.sigma], -1)
         else:
-            q = _pull_onto(system, x)
+            q = pull_onto(system, x)
         U, grad, dc, c, aux, _ = system.evaluate(q)
         bad = ~torch.isfinite(U) | (c.abs().amax(-1) > 1e-4)
         if bad.any():
@@ -318,14 +201,16 @@ class Constrained:
                              "attained, and the built-in targets pin probabilities of 0 or 1 that the softmax only "
                              "approaches (their level sets are empty; use a sigma > 0, or a Custom statistic with an "
                              "attained value)")
+        if not self.logdet_force:
+            grad = q
         return ConstrainedState(q, system.z_of(q[:, : system.d]), U, grad, dc, aux)
 
     def step(self, density, state: ConstrainedState, params: dict, rng) -> tuple[ConstrainedState, ConstrainedInfo]:
-        system = _Lifted(density)
+        system = Lifted(density)
         C, dev = len(state.q), state.q.device
         eps = torch.full((C,), params["step_size"], dtype=torch.float64, device=dev)
         n = params["num_steps"]
-        p0 = _tangent(state.dc, torch.randn(state.q.shape, generator=rng, dtype=torch.float64, device=dev))
+        p0 = tangent(state.dc, torch.randn(state.q.shape, generator=rng, dtype=torch.float64, device=dev))
         h0 = state.potential + 0.5 * p0.square().sum(-1)
         multinomial = self.selection == "multinomial"
         # multinomial: a window of `back` steps before the start and n - back after it, uniform per chain (static
@@ -348,7 +233,7 @@ class Constrained:
             alive = torch.where(forward, todo_fwd > 0, todo_back > 0)
             if not bool(alive.any()):
                 break
-            at, p, ok, h, c_eval, its = _leapfrog(system, at, p, eps, alive)
+            at, p, ok, h, c_eval, its, _ = _leapfrog(system, at, p, eps, alive, self.logdet_force)
             newton += its
             cost += float(c_eval) * alive.float().cpu()
             div = alive & ok & (~torch.isfinite(h) | (h - h0 > 1000.0))
@@ -408,4 +293,5 @@ class _StepSize:
     def describe(self, a: _StepState) -> dict:
         eps = math.exp(a.log_eps)
         return dict(step_size=eps, trajectory_length=self.k.trajectory_length, selection=self.k.selection,
+                    logdet_force=self.k.logdet_force, target_accept=self.k.target_accept,
                     leapfrog_steps=min(self.k.max_steps, max(1, math.ceil(self.k.trajectory_length / eps))))

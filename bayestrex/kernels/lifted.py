@@ -1,0 +1,187 @@
+"""The lifted level set of a density: its coordinates, constraint, potential and the projections onto it.
+
+Manifold lifting (Au, Graham & Thiery 2020; constrained HMC on differentiable generators: Graham & Storkey 2017).
+The posterior ``π0(z) N(u*; u(z), σ²)`` is the marginal of ``(z, y)`` with ``y ~ N(0, I_m)`` conditioned on the
+constraint ``c(z, y) = u(z) + σ y - u* = 0``: on that d-dimensional manifold of ``R^{d+m}`` the density with respect
+to surface measure is ``π0(z) N(y; 0, I) / sqrt(det(Dc Dcᵀ))``, ``Dc = [J, σ I]``, ``J = ∂u/∂z`` (the co-area
+formula). As σ → 0 the manifold tends to the level set itself (times ``y``) and stays well conditioned
+(``Dc Dcᵀ = J Jᵀ + σ² I``). ``sigma = 0`` is the level set exactly: ``π0(z) / sqrt(det(J Jᵀ))``.
+
+What the constrained kernel (:mod:`bayestrex.kernels.constrained`) moves on: ``Lifted`` (the system of one density),
+``tangent`` (momentum onto the tangent space), ``retract`` (a position step pulled back onto the manifold by Newton's
+method), ``pull_onto`` (initial placement at ``sigma = 0``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..density import GaussianPrior, residual_jacobian
+
+__all__ = ["Lifted", "gram_log_det", "pull_onto", "tangent", "retract", "MAX_NEWTON"]
+
+#: Newton converges when the constraint's max norm is below this many units of the density's float resolution (a
+#: float32 network's statistics are exact to ~1e-6 at best; a position criterion would amplify that noise by 1/sigma
+#: in y); the reverse step must return within the position tolerance
+CONSTRAINT_TOL_EPS, REVERSE_TOL_EPS = 100, 2000
+MAX_NEWTON = 20
+
+
+class Lifted:
+    """The lifted system of one density: coordinates, constraint, potential and their derivatives."""
+
+    def __init__(self, density):
+        prior = density.prior
+        if not isinstance(prior, GaussianPrior):
+            raise ValueError("kernel 'constrained' needs the Gaussian prior; a custom prior is sampled with "
+                             "kernel='mh'")
+        if not callable(getattr(density, "residual", None)) or getattr(density, "sigma", None) is None:
+            raise ValueError("kernel 'constrained' needs a density with a Gaussian likelihood of statistics: "
+                             "residual(z) -> u(z) - u* and sigma (a Posterior, or Density(residual=..., sigma=...))")
+        if not getattr(density, "smooth", True):
+            raise ValueError(f"kernel 'constrained' moves along the level set and needs statistics that are smooth "
+                             f"there; target {getattr(density, 'target', '?')!r} has kinks on it (for ambiguous "
+                             f"targets use the smooth form, e.g. 'ambiguous:3,8,smooth')")
+        if not density.untempered:
+            raise ValueError("kernel 'constrained' samples the posterior itself (beta = 1), not a tempered density")
+        self.density, self.prior = density, prior
+        self.sigma = float(density.sigma)
+        self.d = density.latent_dim
+        eps = torch.finfo(density.dtype).eps
+        self.tol_c, self.tol_rev = CONSTRAINT_TOL_EPS * eps, REVERSE_TOL_EPS * eps
+
+    def z_of(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.prior.loc + self.prior.scale * x.to(self.prior.scale.dtype)).to(self.density.dtype)
+
+    def x_of(self, z: torch.Tensor) -> torch.Tensor:
+        return ((z - self.prior.loc) / self.prior.scale).double()
+
+    def jacobian(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """``(c [C, m], Dc [C, m, D], aux)`` at ``q`` (float64): one forward pass and ``m`` backward passes; ``aux``
+        the residual's (``probs``, ``u``) with ``log_likelihood``."""
+        d, s = self.d, self.sigma
+        r, J, aux = residual_jacobian(self.density, q[:, :d])
+        aux = aux | {"log_likelihood": self._log_likelihood(r)}
+        m = r.shape[-1]
+        if s > 0:
+            eye = torch.eye(m, dtype=J.dtype, device=J.device).expand(len(q), m, m)
+            return r + s * q[:, d:], torch.cat([J, s * eye], -1), aux
+        return r, J, aux
+
+    def _log_likelihood(self, r: torch.Tensor) -> torch.Tensor:
+        s, m = self.sigma, r.shape[-1]
+        lik = -0.5 * (r.detach().double() / s).square().sum(-1) - m * (math.log(s) + 0.5 * math.log(2 * math.pi)) \
+            if s > 0 else torch.full((len(r),), math.nan, dtype=torch.float64, device=r.device)
+        return lik.to(self.density.dtype)
+
+    def prior_force(self, q: torch.Tensor, dc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(U [C], ∇(|q|²/2) = q [C, D])`` at ``q`` with ``Dc`` known (no network pass): the potential with its
+        co-area term ``log det(Dc Dcᵀ)/2``, and the force of the prior alone (``logdet_force=False``)."""
+        U = 0.5 * q.square().sum(-1) + 0.5 * gram_log_det(dc @ dc.mT)
+        return torch.where(torch.isfinite(U), U, torch.full_like(U, math.inf)), q
+
+    def evaluate(self, q: torch.Tensor):
+        """``(U [C], ∇U [C, D], Dc [C, m, D], c [C, m], aux)`` at ``q``: one forward pass, the Jacobian with its graph,
+        and the gradient of ``U = |x|²/2 + |y|²/2 + log det(Dc Dcᵀ)/2``."""
+        d, s = self.d, self.sigma
+        x = q[:, :d].detach().to(self.density.dtype).requires_grad_(True)
+        with torch.enable_grad():
+            r, aux = self.density.residual(self.z_of(x))
+            m = r.shape[-1]
+            J = torch.stack([torch.autograd.grad(r[:, j].sum(), x, create_graph=True, retain_graph=True)[0]
+                             for j in range(m)], 1)  # [C, m, d]
+            G = J @ J.mT
+            if s > 0:
+                G = G + s * s * torch.eye(m, dtype=G.dtype, device=G.device)
+            logdet = gram_log_det(G.double())
+            U = 0.5 * x.double().square().sum(-1) + 0.5 * logdet
+            (gx,) = torch.autograd.grad(U.sum(), x)
+        y = q[:, d:]
+        U = U.detach() + 0.5 * y.square().sum(-1)
+        J = J.detach().double()
+        if s > 0:
+            dc = torch.cat([J, s * torch.eye(m, dtype=J.dtype, device=J.device).expand(len(q), m, m)], -1)
+            grad = torch.cat([gx.double(), y], -1)
+        else:
+            dc, grad = J, gx.double()
+        c = r.detach().double() + (s * y if s > 0 else 0.0)
+        aux = {k: v.detach() for k, v in aux.items()} | {"log_likelihood": self._log_likelihood(r)}
+        bad = ~(torch.isfinite(U) & torch.isfinite(grad).all(-1))
+        U = torch.where(bad, torch.full_like(U, math.inf), U)
+        return U, grad, dc, c, aux, 2 * (1 + m)
+
+
+def gram_log_det(gram: torch.Tensor) -> torch.Tensor:
+    """``log det(Dc Dcᵀ) [C]`` from the Gram matrices ``[C, m, m]`` (the co-area term of the potential, twice)."""
+    return torch.linalg.cholesky_ex(gram)[0].diagonal(dim1=-2, dim2=-1).log().sum(-1) * 2
+
+
+def pull_onto(system: Lifted, q: torch.Tensor, iterations: int = 4 * MAX_NEWTON) -> torch.Tensor:
+    """Starting points ``q [C, D]`` moved onto the level set by damped Gauss-Newton: minimum-norm steps, halved per
+    chain (up to 2⁻⁸) until the constraint's max norm decreases. Full steps overshoot where the level set is curved
+    (the digits' ambiguous set: they oscillate around it), so only the initial placement uses this; the dynamics keep
+    the plain Newton projection, whose failures are rejections."""
+    c, dc, _ = system.jacobian(q)
+    for _ in range(iterations):
+        norm = c.abs().amax(-1)
+        todo = norm >= system.tol_c
+        if not bool(todo.any()):
+            break
+        step = (dc.mT @ _gram_solve(dc, c).unsqueeze(-1)).squeeze(-1)
+        t = torch.ones(len(q), dtype=q.dtype, device=q.device)
+        for _ in range(9):
+            trial = q - t[:, None] * step
+            c_t, dc_t, _ = system.jacobian(trial)
+            better = todo & torch.isfinite(c_t).all(-1) & (c_t.abs().amax(-1) < norm)
+            q, c, dc = (torch.where(better[:, None], trial, q), torch.where(better[:, None], c_t, c),
+                        torch.where(better[:, None, None], dc_t, dc))
+            todo = todo & ~better
+            if not bool(todo.any()):
+                break
+            t = t / 2
+    return q
+
+
+def _gram_solve(dc: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``(Dc Dcᵀ)⁻¹ v`` for ``v [C, m]``."""
+    return _solve(dc @ dc.mT, v.unsqueeze(-1)).squeeze(-1)
+
+
+def _solve(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``A⁻¹ B`` batched over chains; NaN for a chain whose ``A`` is singular (its step then fails and is rejected,
+    instead of one chain's singular Gram matrix stopping the run)."""
+    X, info = torch.linalg.solve_ex(A, B)
+    return torch.where((info != 0).reshape(-1, *[1] * (X.dim() - 1)), torch.full_like(X, math.nan), X)
+
+
+def tangent(dc: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Project ``p [C, D]`` onto the tangent space ``{v : Dc v = 0}``."""
+    return p - (dc.mT @ _gram_solve(dc, (dc @ p.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)).squeeze(-1)
+
+
+def retract(system: Lifted, q, p, eps, dc, active):
+    """The position step ``q' = q + ε (p - Dc(q)ᵀ λ)`` with ``c(q') = 0``: Newton's method on ``λ``, each iteration
+    ``q' ← q' - Dc(q)ᵀ (Dc(q') Dc(q)ᵀ)⁻¹ c(q')`` with the Jacobian at the iterate (one forward and ``m`` backward
+    passes; quadratic convergence, where the chord method that keeps ``Dc(q)`` stalls on a curved network level set).
+    Returns ``(q', p', converged [C], iterations [C], (Dc(q'), aux(q')))`` with ``p' = (q' - q) / ε`` (the last
+    iterate's Jacobian: at ``q'`` for the chains that converged)."""
+    e = eps.unsqueeze(-1)
+    qn = q + e * p
+    done = ~active
+    ok = torch.zeros_like(active)
+    iterations = torch.zeros(len(q), dtype=torch.long)
+    for _ in range(MAX_NEWTON):
+        c, dcn, aux = system.jacobian(qn)
+        iterations += (~done).long().cpu()
+        lam = _solve(dcn @ dc.mT, c.unsqueeze(-1))
+        step = (dc.mT @ lam).squeeze(-1)
+        finite = torch.isfinite(c).all(-1) & torch.isfinite(step).all(-1)
+        conv = finite & (c.abs().amax(-1) < system.tol_c)
+        ok |= conv & ~done
+        done |= conv | ~finite | (c.abs().amax(-1) > 1e8)
+        if bool(done.all()):
+            break
+        qn = torch.where(done.unsqueeze(-1), qn, qn - step)
+    return qn, (qn - q) / e, ok & active, iterations, (dcn, aux)
