@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 import bayestrex as bt
-from bayestrex.io import atomic_path, markdown_table, write_json
+from bayestrex.io import write_json, write_results
 from bayestrex.kernels.chees import ChEES
 from bayestrex.kernels.constrained import Constrained
 from bayestrex.kernels.mmala import MMALA
@@ -134,14 +134,11 @@ def with_ratios(rows: list[dict]) -> list[dict]:
 
 def write(rows: list[dict], meta: dict, out: Path) -> str:
     """``bench_sigma.{json,md,png}`` into ``out``; returns the markdown table."""
-    write_json(dict(meta=meta, rows=rows), out / "bench_sigma.json")
     cols = ["target", "sigma", "kernel", "seed", "device", "chains", "wall_s", "ess_bulk", "ess_tail", "bulk_per_kgrad",
             "tail_per_kgrad", "local_bulk_per_kgrad", "local_tail_per_kgrad", "bulk_per_s", "tail_per_s", "x_nuts_bulk",
             "x_nuts_tail", "max_r_hat", "attainment",
             "projection_failures", "step_size", "grad_equivalents"]
-    md = markdown_table(rows, cols)
-    with atomic_path(out / "bench_sigma.md") as tmp:
-        tmp.write_text(f"# ESS per gradient-equivalent against sigma\n\n{meta}\n\n{md}\n")
+    md = write_results(out, "bench_sigma", "ESS per gradient-equivalent against sigma", meta, rows, cols)
     figure(rows, out / "bench_sigma.png")
     return md
 

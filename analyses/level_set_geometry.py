@@ -34,7 +34,7 @@ import torch
 
 import bayestrex as bt
 from bayestrex.density import residual_jacobian
-from bayestrex.io import atomic_path, markdown_table, write_json
+from bayestrex.io import write_results
 from bayestrex.posterior import Posterior
 
 OUT = Path(__file__).resolve().parent / "results" / "level_set_geometry"
@@ -135,11 +135,8 @@ def main(argv=None) -> list[dict]:
             for t in args.targets]
     meta = dict(command="python -m analyses.level_set_geometry " + " ".join(argv if argv is not None else sys.argv[1:]),
                 date=time.strftime("%Y-%m-%d"), torch=torch.__version__)
-    write_json(dict(meta=meta, rows=rows), args.out / "level_set_geometry.json")
-    md = markdown_table(rows, list(rows[0]))
-    with atomic_path(args.out / "level_set_geometry.md") as tmp:
-        tmp.write_text(f"# Width and curvature of the level sets (digits)\n\n{meta}\n\n{md}\n")
-    print(md)
+    print(write_results(args.out, "level_set_geometry", "Width and curvature of the level sets (digits)", meta, rows,
+                        list(rows[0])))
     return rows
 
 

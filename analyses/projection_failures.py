@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 import bayestrex as bt
-from bayestrex.io import atomic_path, markdown_table, write_json
+from bayestrex.io import write_results
 from bayestrex.kernels import constrained as K
 from bayestrex.kernels.lifted import Lifted, tangent
 from bayestrex.posterior import Posterior
@@ -105,11 +105,8 @@ def main(argv: list[str]) -> list[dict]:
                 run=dict(step_size=round(float(r.info["step_size"]), 4), max_r_hat=o["max_r_hat"],
                          attainment=o["attainment"], failures_per_iteration=round(
                              float(r.stats["projection_failures"].double().mean()), 3)))
-    write_json(dict(meta=meta, rows=rows), a.out / "projection_failures.json")
-    md = markdown_table(rows)
-    with atomic_path(a.out / "projection_failures.md") as tmp:
-        tmp.write_text(f"# One constrained leapfrog step: how often it fails, and why\n\n{meta}\n\n{md}\n")
-    print(md)
+    title = "One constrained leapfrog step: how often it fails, and why"
+    print(write_results(a.out, "projection_failures", title, meta, rows))
     return rows
 
 

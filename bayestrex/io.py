@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_json", "markdown_table", "run_folder", "clean_temp_files"]
+__all__ = ["atomic_path", "write_json", "markdown_table", "write_results", "run_folder", "clean_temp_files"]
 
 #: the lock file that :func:`run_folder` holds in a run folder (it contains the owner's pid)
 LOCK_NAME = ".bayestrex.lock"
@@ -146,3 +146,15 @@ def write_json(obj, path: str | os.PathLike) -> None:
 
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(clean(obj), indent=2, allow_nan=False) + "\n")
+
+
+def write_results(folder: str | os.PathLike, stem: str, title: str, meta: dict, rows: list[dict],
+                  columns: list[str] | None = None) -> str:
+    """An analysis's table: ``folder/stem.json`` (``{"meta": meta, "rows": rows}``) and ``folder/stem.md`` (``# title``,
+    the meta, the markdown table of ``columns``, by default every key), both atomically. Returns the markdown table."""
+    folder = Path(folder)
+    write_json(dict(meta=meta, rows=rows), folder / f"{stem}.json")
+    md = markdown_table(rows, columns)
+    with atomic_path(folder / f"{stem}.md") as tmp:
+        tmp.write_text(f"# {title}\n\n{meta}\n\n{md}\n")
+    return md
