@@ -114,6 +114,10 @@ def parabola_case(sigma: float, samples: int, **kernel):
     mean = torch.tensor([(w * f).sum() for f in feats])
     var = torch.tensor([(w * f**2).sum() for f in feats]) - mean**2
     z = draws.z.double()
+    if sigma > 0:  # what is recorded beside a draw was computed at that draw (the last Newton iterate's pass)
+        r = z[..., 1] - z[..., 0] ** 2 / 2 + 1
+        lik = -0.5 * (r / sigma) ** 2 - math.log(sigma) - 0.5 * math.log(2 * math.pi)
+        assert torch.allclose(draws.aux["log_likelihood"].double(), lik, atol=1e-3, rtol=1e-5)
     return torch.stack([z[..., 0] ** 2, z[..., 1]], -1), mean, var
 
 
