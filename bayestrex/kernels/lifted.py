@@ -64,11 +64,12 @@ class Lifted:
         d, s = self.d, self.sigma
         r, J, aux = residual_jacobian(self.density, q[:, :d])
         aux = aux | {"log_likelihood": self._log_likelihood(r)}
-        m = r.shape[-1]
-        if s > 0:
-            eye = torch.eye(m, dtype=J.dtype, device=J.device).expand(len(q), m, m)
-            return r + s * q[:, d:], torch.cat([J, s * eye], -1), aux
-        return r, J, aux
+        return (r + s * q[:, d:] if s > 0 else r), self._lifted_jacobian(J), aux
+
+    def _lifted_jacobian(self, J: torch.Tensor) -> torch.Tensor:
+        """``Dc = [J, σ I] [C, m, d + m]`` from ``J [C, m, d]`` (``J`` itself at ``sigma = 0``)."""
+        s, (C, m, _) = self.sigma, J.shape
+        return torch.cat([J, s * torch.eye(m, dtype=J.dtype, device=J.device).expand(C, m, m)], -1) if s > 0 else J
 
     def _log_likelihood(self, r: torch.Tensor) -> torch.Tensor:
         s, m = self.sigma, r.shape[-1]
@@ -100,12 +101,8 @@ class Lifted:
             (gx,) = torch.autograd.grad(U.sum(), x)
         y = q[:, d:]
         U = U.detach() + 0.5 * y.square().sum(-1)
-        J = J.detach().double()
-        if s > 0:
-            dc = torch.cat([J, s * torch.eye(m, dtype=J.dtype, device=J.device).expand(len(q), m, m)], -1)
-            grad = torch.cat([gx.double(), y], -1)
-        else:
-            dc, grad = J, gx.double()
+        dc = self._lifted_jacobian(J.detach().double())
+        grad = torch.cat([gx.double(), y], -1) if s > 0 else gx.double()
         c = r.detach().double() + (s * y if s > 0 else 0.0)
         aux = {k: v.detach() for k, v in aux.items()} | {"log_likelihood": self._log_likelihood(r)}
         bad = ~(torch.isfinite(U) & torch.isfinite(grad).all(-1))
