@@ -81,7 +81,8 @@ def run_row(vae, clf, target, sigma, kernel, chains, warmup, samples, seed) -> d
                local_tail_per_kgrad=round(1000 * local["tail"] / cost, 4))
     if "projection_failures" in result.stats:
         row["projection_failures"] = int(result.stats["projection_failures"].sum())
-        row |= {k: result.info[k] for k in ("selection", "target_accept", "logdet_force") if k in result.info}
+        row |= {k: result.info[k] for k in ("selection", "target_accept", "logdet_force", "projection", "soft")
+                if k in result.info}
     if isinstance(result.info.get("step_size"), float):
         row["step_size"] = float(f"{result.info['step_size']:.3g}")
     print(json.dumps(row), flush=True)
@@ -94,9 +95,9 @@ def figure(rows, path):
     targets = list(dict.fromkeys(r["target"] for r in rows))
     fig, axes = plt.subplots(1, len(targets), figsize=(4 * len(targets), 3.2), squeeze=False)
     for ax, t in zip(axes[0], targets):
-        for k, marker in (("nuts", "o"), ("chees", "s"), ("constrained", "^"), ("constrained-prior-force", "<"),
-                          ("constrained-logdet-force", "d"), ("constrained-endpoint", ">"), ("mmala", "v")):
-            pts = sorted((r["sigma"], r["bulk_per_kgrad"]) for r in rows if r["target"] == t and r["kernel"] == k)
+        for k, marker in zip(dict.fromkeys(r["kernel"] for r in rows), "os^<d>vpXh*+x"):
+            pts = sorted((r["sigma"], r["bulk_per_kgrad"]) for r in rows
+                         if r["target"] == t and r["kernel"] == k and "refused" not in r)
             if pts:
                 ax.plot(*zip(*pts), marker=marker, label=k)
         ax.set_xscale("log")
@@ -115,6 +116,11 @@ KERNELS = dict(nuts=lambda a: PyroNUTS(), chees=lambda a: ChEES(max_steps=a.chee
 KERNELS["constrained-prior-force"] = lambda a: Constrained(logdet_force=False)  # the co-area term in the energy only
 KERNELS["constrained-logdet-force"] = lambda a: Constrained(logdet_force=True)  # and its force integrated
 KERNELS["constrained-endpoint"] = lambda a: Constrained(selection="endpoint")  # the rule before "multinomial"
+KERNELS["constrained-lift-all"] = lambda a: Constrained(soft=())  # every statistic lifted (before soft="auto")
+KERNELS["constrained-accept-0.6"] = lambda a: Constrained(target_accept=0.6)  # the default without soft statistics
+KERNELS["constrained-accept-0.8"] = lambda a: Constrained(target_accept=0.8)  # the default with them
+KERNELS["constrained-chord"] = lambda a: Constrained(projection="chord")
+KERNELS["constrained-chord-0.8"] = lambda a: Constrained(projection="chord", target_accept=0.8)
 
 
 def with_ratios(rows: list[dict]) -> list[dict]:
@@ -125,6 +131,8 @@ def with_ratios(rows: list[dict]) -> list[dict]:
         if r["kernel"] == "nuts":
             nuts.setdefault((r["target"], r["sigma"]), []).append(r)
     for r in rows:
+        if "refused" in r:
+            continue
         refs = nuts.get((r["target"], r["sigma"]))
         for kind in ("bulk", "tail"):
             ref = statistics.median(n[f"{kind}_per_s"] for n in refs) if refs else None
@@ -137,7 +145,7 @@ def write(rows: list[dict], meta: dict, out: Path) -> str:
     cols = ["target", "sigma", "kernel", "seed", "device", "chains", "wall_s", "ess_bulk", "ess_tail", "bulk_per_kgrad",
             "tail_per_kgrad", "local_bulk_per_kgrad", "local_tail_per_kgrad", "bulk_per_s", "tail_per_s", "x_nuts_bulk",
             "x_nuts_tail", "max_r_hat", "attainment",
-            "projection_failures", "step_size", "grad_equivalents"]
+            "projection_failures", "step_size", "grad_equivalents", "refused"]
     md = write_results(out, "bench_sigma", "ESS per gradient-equivalent against sigma", meta, rows, cols)
     figure(rows, out / "bench_sigma.png")
     return md
@@ -187,8 +195,13 @@ def main(argv=None) -> list[dict]:
                 if name == "nuts" and sigma not in args.nuts_sigmas:
                     continue
                 chains = 1 if name == "nuts" else args.chains
-                rows.append(run_row(vae, clf, target, sigma, KERNELS[name](args), chains, args.warmup, args.samples,
-                                    args.seed) | {"kernel": name})
+                try:
+                    row = run_row(vae, clf, target, sigma, KERNELS[name](args), chains, args.warmup, args.samples,
+                                  args.seed)
+                except ValueError as e:  # a kernel that refuses the target (e.g. no attained statistic): on record
+                    row = dict(target=target, sigma=sigma, seed=args.seed, chains=chains, refused=str(e))
+                    print(json.dumps(row), flush=True)
+                rows.append(row | {"kernel": name})
                 write_json(dict(meta=dict(meta, partial=True), rows=with_ratios(rows)), args.out / "bench_sigma.json")
     md = write(with_ratios(rows), meta, args.out)
     print(md)

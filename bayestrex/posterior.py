@@ -272,6 +272,11 @@ class Posterior(LogDensity):
         """Whether the target's statistics are differentiable on the level set (see ``Target.smooth``)."""
         return bool(getattr(self.target, "smooth", True))
 
+    @property
+    def saturating(self) -> list[int]:
+        """Indices of the statistics whose target value the softmax only approaches (see ``Target.saturating``)."""
+        return list(self.target.saturating(self.num_classes))
+
     def residual(self, z: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """``(u(z) - u* [C, m], {"probs", "u"})``: how far each code's statistics are from the target (differentiable;
         the likelihood is ``N(residual; 0, sigma²)``). Kernels on the level set use it."""

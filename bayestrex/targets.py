@@ -70,6 +70,14 @@ def _pair_and_number(args, form: str, what: str) -> tuple[int, int, float]:
         raise ValueError(f"{what}, got {x!r}") from None
 
 
+def _saturating_probs(q: torch.Tensor) -> list[int]:
+    """The statistics ``p_k`` pinned at ``q_k`` that a softmax only approaches: every 0 and 1, and the last of the
+    others (they sum to 1, so pinning all of them pins the rest to exactly 0)."""
+    bound = [k for k, v in enumerate(q.tolist()) if v in (0.0, 1.0)]
+    inner = [k for k in range(len(q)) if k not in bound]
+    return sorted(bound + inner[-1:])
+
+
 def _unit_interval(name: str, value) -> float:
     value = float(value)
     if not 0.0 <= value <= 1.0:  # also False for NaN
@@ -117,6 +125,13 @@ class Target:
         """One short name per statistic (used as DataTree coordinates and plot titles)."""
         raise NotImplementedError
 
+    def saturating(self, num_classes: int) -> list[int]:
+        """Indices of the statistics whose target value a softmax only approaches as logits diverge (a probability
+        of 0 or 1, or a set of them that together hold all the mass). Kernels that move along the level set
+        (``constrained``) keep these as soft terms of the potential instead of constraints: the rest is attained.
+        None by default (a custom statistic is taken as attained)."""
+        return []
+
     def validate(self, num_classes: int) -> None:
         """Raise ``ValueError`` if the target does not fit a classifier with ``num_classes`` classes."""
         if num_classes < 2:
@@ -153,6 +168,9 @@ class High(Target):
 
     def names(self, num_classes):
         return [f"logp{self.c}" if self.log else f"p{self.c}"]
+
+    def saturating(self, num_classes):
+        return [0]  # p_c = 1
 
     def validate(self, num_classes):
         super().validate(num_classes)
@@ -221,6 +239,9 @@ class Ambiguous(_Pair):
 
     def value(self, num_classes):
         return torch.tensor([0.0, 0.5])
+
+    def saturating(self, num_classes):
+        return [1]  # the pair holding all the mass; the tie (u1 = 0) is attained
 
     def names(self, num_classes):
         if self.mass:
@@ -337,6 +358,9 @@ class Probabilities(Target):
     def value(self, num_classes):
         return self.q
 
+    def saturating(self, num_classes):
+        return _saturating_probs(self.value(num_classes))
+
     def names(self, num_classes):
         return [f"p{k}" for k in range(num_classes)]
 
@@ -366,6 +390,7 @@ class Graded(_Pair):
     spec = "graded"
     statistic = Probabilities.statistic
     names = Probabilities.names
+    saturating = Probabilities.saturating
 
     def __init__(self, a: int, b: int, alpha: float, *, tolerance: float = 0.05):
         super().__init__(a, b, tolerance=tolerance)

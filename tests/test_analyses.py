@@ -37,8 +37,10 @@ def test_sigma_benchmark_rates_every_kernel_against_the_median_nuts_seed_and_mer
     nuts = [dict(row, kernel="nuts", seed=k, bulk_per_s=b, tail_per_s=t) for k, (b, t) in
             enumerate([(0.1, 0.4), (0.2, 0.1), (0.4, 0.2)])]
     other = [dict(row, kernel="chees", bulk_per_s=60.0, tail_per_s=30.0),
-             dict(row, kernel="chees", sigma=0.05)]  # no NUTS row at this sigma
+             dict(row, kernel="chees", sigma=0.05),  # no NUTS row at this sigma
+             dict(target="t", sigma=0.025, kernel="constrained", refused="no level set")]  # a kernel that refused
     rows = bench.with_ratios(nuts + other)
+    assert "x_nuts_bulk" not in rows[5]
     assert (rows[3]["x_nuts_bulk"], rows[3]["x_nuts_tail"]) == (300.0, 150.0)  # medians 0.2 and 0.2
     assert rows[4]["x_nuts_bulk"] is None and rows[0]["x_nuts_bulk"] == 0.5
     # two processes' folders (e.g. CPU NUTS beside GPU kernels) merge into one table with the ratios
@@ -46,7 +48,8 @@ def test_sigma_benchmark_rates_every_kernel_against_the_median_nuts_seed_and_mer
         (tmp_path / name).mkdir()
         (tmp_path / name / "bench_sigma.json").write_text(json.dumps(dict(meta=dict(command=name), rows=part)))
     merged = bench.main(["--merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m")])
-    assert [r["x_nuts_bulk"] for r in merged] == [0.5, 1.0, 2.0, 300.0, None]
+    assert [r.get("x_nuts_bulk") for r in merged] == [0.5, 1.0, 2.0, 300.0, None, None]
+    assert "refused" in (tmp_path / "m" / "bench_sigma.md").read_text()
     saved = json.loads((tmp_path / "m" / "bench_sigma.json").read_text())
     assert [p["command"] for p in saved["meta"]["parts"]] == ["a", "b"] and saved["rows"] == merged
 

@@ -31,11 +31,46 @@ def linear_case(sigma: float, chains: int = 32, samples: int = 300, **kernel):
     return draws, Ad.T @ inner @ Yd, torch.eye(3, dtype=torch.float64) - Ad.T @ inner @ Ad
 
 
-@pytest.mark.parametrize("sigma, selection", [(0.1, "multinomial"), (0.1, "endpoint"), (0.001, "multinomial")])
-def test_linear_statistic_of_a_gaussian_at_any_sigma(sigma, selection):
-    draws, mean, cov = linear_case(sigma, samples=500, selection=selection)  # ESS ~8000 (R-hat noise ~0.005)
+@pytest.mark.parametrize("sigma, selection, projection", [(0.1, "multinomial", "newton"), (0.1, "endpoint", "newton"),
+                                                           (0.001, "multinomial", "newton"),
+                                                           (0.001, "multinomial", "chord")])
+def test_linear_statistic_of_a_gaussian_at_any_sigma(sigma, selection, projection):
+    draws, mean, cov = linear_case(sigma, samples=500, selection=selection, projection=projection)  # ESS ~8000
     check_gaussian(draws.z, mean, cov, min_ess=2000)
     assert draws.stats["projection_failures"].sum() == 0  # a linear constraint projects exactly, reversibly
+
+
+@pytest.mark.parametrize("logdet_force", [False, True])
+def test_a_soft_statistic_keeps_the_posterior(logdet_force):
+    """The second statistic as a soft term of the potential (not lifted): the same Gaussian."""
+    # ESS ~0.2 per draw (0.5 with both lifted: the soft term limits the step): 1000 draws keep R-hat well below 1.01
+    draws, mean, cov = linear_case(0.1, samples=1000, soft=(1,), logdet_force=logdet_force)
+    check_gaussian(draws.z, mean, cov, min_ess=2000)
+    assert draws.info["soft"] == [1]
+    r = draws.z.double() @ A.double().T - Y.double()  # the recorded log-likelihood is of both statistics
+    lik = (-0.5 * (r / 0.1) ** 2 - math.log(0.1) - 0.5 * math.log(2 * math.pi)).sum(-1)
+    assert torch.allclose(draws.aux["log_likelihood"].double(), lik, atol=1e-3, rtol=1e-5)
+
+
+def test_without_the_soft_terms_energy_the_kernel_fails(monkeypatch):
+    from bayestrex.kernels.lifted import Lifted
+
+    force = Lifted.potential_force
+    monkeypatch.setattr(Lifted, "potential_force", lambda self, q, dc, soft: force(self, q, dc, (0 * soft[0], soft[1])))
+    with pytest.raises(AssertionError):
+        draws, mean, cov = linear_case(0.1, samples=1000, soft=(1,))
+        check_gaussian(draws.z, mean, cov, min_ess=2000)
+
+
+def test_soft_statistics_are_checked():
+    with pytest.raises(ValueError, match="soft"):
+        Constrained(soft="all")
+    with pytest.raises(ValueError, match="soft: statistic indices must be < 2"):
+        linear_case(0.1, chains=2, samples=2, soft=(2,))
+    with pytest.raises(ValueError, match="every statistic .* is soft"):
+        linear_case(0.1, chains=2, samples=2, soft=(0, 1))
+    with pytest.raises(ValueError, match="soft statistics need sigma > 0"):
+        linear_case(0.0, chains=2, samples=2, soft=(1,))
 
 
 def test_the_sigma_zero_limit_is_the_gaussian_on_an_affine_subspace():
@@ -124,6 +159,12 @@ def parabola_case(sigma: float, samples: int, **kernel):
 @pytest.mark.parametrize("sigma, logdet_force", [(0.0, True), (0.0, False), (0.1, False)])
 def test_a_level_set_whose_co_area_factor_varies(sigma, logdet_force):
     x, mean, var = parabola_case(sigma, 500, logdet_force=logdet_force)  # ESS ~5000
+    check_mean(x, mean, var, min_ess=1500)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.1])
+def test_the_chord_projection_on_a_curved_level_set(sigma):
+    x, mean, var = parabola_case(sigma, 500, projection="chord")
     check_mean(x, mean, var, min_ess=1500)
 
 

@@ -132,3 +132,28 @@ def test_custom_target_shape_is_checked():
         bad.validate(10)
     with pytest.raises(ValueError, match="tolerance"):
         targets.High(0, tolerance=0)
+
+
+@pytest.mark.parametrize("spec, saturating, probs", [
+    ("high:0", [0], None),
+    ("high:0,log", [0], None),
+    ("ambiguous:3,8,mass", [1], [0.01] * 3 + [0.46] + [0.01] * 4 + [0.46, 0.01]),
+    ("ambiguous:3,8", [1], [0.01] * 3 + [0.46] + [0.01] * 4 + [0.46, 0.01]),
+    ("graded:1,7,0.3", [0, 2, 3, 4, 5, 6, 7, 8, 9], [0.01, 0.3] + [0.01] * 5 + [0.62, 0.01, 0.01]),
+    ("probs:0.2,0.3,0.5,0,0,0,0,0,0,0", [2, 3, 4, 5, 6, 7, 8, 9], [0.2, 0.3, 0.43] + [0.01] * 7),
+    ("tied:3,8,0.9", [], [0.0125] * 3 + [0.45] + [0.0125] * 4 + [0.45, 0.0125]),
+    ("uniform", [], [0.1] * 10),
+])
+def test_saturating_statistics_are_those_a_softmax_only_approaches(spec, saturating, probs):
+    """``saturating``: the statistics whose value needs a probability of exactly 0 or 1. The rest are attained: at the
+    given strictly positive probabilities (finite logits) they equal their target values."""
+    t = targets.parse(spec)
+    assert t.saturating(10) == saturating
+    if probs is None:
+        return
+    p = torch.tensor([probs], dtype=torch.float64)
+    assert abs(float(p.sum()) - 1) < 1e-12
+    r = (t.statistic(p, log_probs=p.log()) if t.uses_log_probs else t.statistic(p))[0] - t.value(10).double()
+    hard = [j for j in range(len(r)) if j not in saturating]
+    assert r[hard].abs().max() < 1e-6, r
+    assert (r[saturating].abs() > 1e-3).all(), r

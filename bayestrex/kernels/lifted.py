@@ -4,12 +4,16 @@ Manifold lifting (Au, Graham & Thiery 2020; constrained HMC on differentiable ge
 The posterior ``π0(z) N(u*; u(z), σ²)`` is the marginal of ``(z, y)`` with ``y ~ N(0, I_m)`` conditioned on the
 constraint ``c(z, y) = u(z) + σ y - u* = 0``: on that d-dimensional manifold of ``R^{d+m}`` the density with respect
 to surface measure is ``π0(z) N(y; 0, I) / sqrt(det(Dc Dcᵀ))``, ``Dc = [J, σ I]``, ``J = ∂u/∂z`` (the co-area
-formula). As σ → 0 the manifold tends to the level set itself (times ``y``) and stays well conditioned
+formula). Statistics marked ``soft`` (those whose target value the softmax only approaches: ``Target.saturating``)
+are not lifted: their likelihood ``exp(-|r_S|² / 2σ²)`` stays a term of the potential, so the manifold is
+``{u_H(z) + σ y_H = u*_H}`` of the others (lifting a saturating statistic makes ``y`` exponential in ``z``: a manifold
+so curved that Newton's projections fail and the step shrinks, README "Small σ on a network").
+As σ → 0 the manifold tends to the level set itself (times ``y``) and stays well conditioned
 (``Dc Dcᵀ = J Jᵀ + σ² I``). ``sigma = 0`` is the level set exactly: ``π0(z) / sqrt(det(J Jᵀ))``.
 
 What the constrained kernel (:mod:`bayestrex.kernels.constrained`) moves on: ``Lifted`` (the system of one density),
 ``tangent`` (momentum onto the tangent space), ``retract`` (a position step pulled back onto the manifold by Newton's
-method), ``pull_onto`` (initial placement at ``sigma = 0``).
+or the chord method), ``pull_onto`` (initial placement at ``sigma = 0``).
 """
 
 from __future__ import annotations
@@ -20,19 +24,22 @@ import torch
 
 from ..density import GaussianPrior, residual_jacobian
 
-__all__ = ["Lifted", "gram_log_det", "pull_onto", "tangent", "retract", "MAX_NEWTON"]
+__all__ = ["Lifted", "gram_log_det", "pull_onto", "tangent", "retract", "MAX_NEWTON", "MAX_CHORD", "PROJECTIONS"]
 
 #: Newton converges when the constraint's max norm is below this many units of the density's float resolution (a
 #: float32 network's statistics are exact to ~1e-6 at best; a position criterion would amplify that noise by 1/sigma
 #: in y); the reverse step must return within the position tolerance
 CONSTRAINT_TOL_EPS, REVERSE_TOL_EPS = 100, 2000
 MAX_NEWTON = 20
+PROJECTIONS = ("newton", "chord")
+#: the chord iteration converges linearly: more iterations, each a forward pass only
+MAX_CHORD = 50
 
 
 class Lifted:
     """The lifted system of one density: coordinates, constraint, potential and their derivatives."""
 
-    def __init__(self, density):
+    def __init__(self, density, soft: tuple[int, ...] = ()):
         prior = density.prior
         if not isinstance(prior, GaussianPrior):
             raise ValueError("kernel 'constrained' needs the Gaussian prior; a custom prior is sampled with "
@@ -48,6 +55,9 @@ class Lifted:
             raise ValueError("kernel 'constrained' samples the posterior itself (beta = 1), not a tempered density")
         self.density, self.prior = density, prior
         self.sigma = float(density.sigma)
+        self.soft = tuple(int(j) for j in soft)
+        if self.soft and not self.sigma > 0:
+            raise ValueError("soft statistics need sigma > 0 (at sigma = 0 every statistic is a constraint)")
         self.d = density.latent_dim
         eps = torch.finfo(density.dtype).eps
         self.tol_c, self.tol_rev = CONSTRAINT_TOL_EPS * eps, REVERSE_TOL_EPS * eps
@@ -58,16 +68,54 @@ class Lifted:
     def x_of(self, z: torch.Tensor) -> torch.Tensor:
         return ((z - self.prior.loc) / self.prior.scale).double()
 
-    def jacobian(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """``(c [C, m], Dc [C, m, D], aux)`` at ``q`` (float64): one forward pass and ``m`` backward passes; ``aux``
-        the residual's (``probs``, ``u``) with ``log_likelihood``."""
-        d, s = self.d, self.sigma
-        r, J, aux = residual_jacobian(self.density, q[:, :d])
+    def split(self, t: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(hard, soft)`` parts of ``t`` along the statistics' dimension ``dim``: the constraints and the soft
+        terms."""
+        m = t.shape[dim]
+        hard = [j for j in range(m) if j not in self.soft]
+        idx = (torch.tensor(hard, dtype=torch.long, device=t.device),
+               torch.tensor(self.soft, dtype=torch.long, device=t.device))
+        return t.index_select(dim, idx[0]), t.index_select(dim, idx[1])
+
+    def jacobian(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict, tuple]:
+        """``(c [C, m_h], Dc [C, m_h, D], aux, soft)`` at ``q`` (float64): one forward pass, ``m_h`` backward passes for
+        the constraints' Jacobian and, with soft statistics, one for the gradient of their potential; ``aux`` the
+        residual's (``probs``, ``u``) with ``log_likelihood`` (of all ``m`` statistics); ``soft`` the soft terms'
+        potential ``|r_S|² / 2σ² [C]`` and its gradient in ``x`` ``[C, d]`` (zeros without soft statistics)."""
+        d, s, density = self.d, self.sigma, self.density
+        if not self.soft:
+            r, J, aux = residual_jacobian(density, q[:, :d])
+            soft = (torch.zeros_like(r[:, 0]), torch.zeros_like(q[:, :d]))
+        else:
+            x = q[:, :d].detach().to(density.dtype).requires_grad_(True)
+            with torch.enable_grad():
+                r, aux = density.residual(self.z_of(x))
+                rh, rs = self.split(r)
+                J = torch.stack([torch.autograd.grad(rh[:, j].sum(), x, retain_graph=True)[0]
+                                 for j in range(rh.shape[-1])], 1).double()
+                U_soft = 0.5 * (rs.double() / s).square().sum(-1)
+                (g,) = torch.autograd.grad(U_soft.sum(), x)
+            r, aux = r.detach().double(), {k: v.detach() for k, v in aux.items()}
+            soft = (U_soft.detach(), g.double())
         aux = aux | {"log_likelihood": self._log_likelihood(r)}
-        return (r + s * q[:, d:] if s > 0 else r), self._lifted_jacobian(J), aux
+        rh = self.split(r)[0]
+        return (rh + s * q[:, d:] if s > 0 else rh), self._lifted_jacobian(J), aux, soft
+
+    def constraint(self, q: torch.Tensor) -> torch.Tensor:
+        """``c [C, m_h]`` at ``q`` (float64): one forward pass, no graph."""
+        d, s = self.d, self.sigma
+        with torch.no_grad():
+            r, _ = self.density.residual(self.z_of(q[:, :d]))
+        rh = self.split(r.double())[0]
+        return rh + s * q[:, d:] if s > 0 else rh
+
+    def passes(self, c: torch.Tensor) -> int:
+        """Network passes of :meth:`jacobian`: one forward, one backward per constraint (``c [C, m_h]``) and one for
+        the soft terms' gradient."""
+        return 1 + c.shape[-1] + (1 if self.soft else 0)
 
     def _lifted_jacobian(self, J: torch.Tensor) -> torch.Tensor:
-        """``Dc = [J, σ I] [C, m, d + m]`` from ``J [C, m, d]`` (``J`` itself at ``sigma = 0``)."""
+        """``Dc = [J, σ I] [C, m_h, d + m_h]`` from ``J [C, m_h, d]`` (``J`` itself at ``sigma = 0``)."""
         s, (C, m, _) = self.sigma, J.shape
         return torch.cat([J, s * torch.eye(m, dtype=J.dtype, device=J.device).expand(C, m, m)], -1) if s > 0 else J
 
@@ -77,37 +125,45 @@ class Lifted:
             if s > 0 else torch.full((len(r),), math.nan, dtype=torch.float64, device=r.device)
         return lik.to(self.density.dtype)
 
-    def prior_force(self, q: torch.Tensor, dc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(U [C], ∇(|q|²/2) = q [C, D])`` at ``q`` with ``Dc`` known (no network pass): the potential with its
-        co-area term ``log det(Dc Dcᵀ)/2``, and the force of the prior alone (``logdet_force=False``)."""
-        U = 0.5 * q.square().sum(-1) + 0.5 * gram_log_det(dc @ dc.mT)
-        return torch.where(torch.isfinite(U), U, torch.full_like(U, math.inf)), q
+    def potential_force(self, q: torch.Tensor, dc: torch.Tensor, soft: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(U [C], F [C, D])`` at ``q`` with ``Dc`` and the soft terms known (no network pass): the potential with
+        its co-area term ``log det(Dc Dcᵀ)/2`` and soft terms, and the force of the prior and the soft terms
+        (``logdet_force=False``)."""
+        U = 0.5 * q.square().sum(-1) + 0.5 * gram_log_det(dc @ dc.mT) + soft[0]
+        F = q + torch.nn.functional.pad(soft[1], (0, q.shape[-1] - self.d))
+        return torch.where(torch.isfinite(U), U, torch.full_like(U, math.inf)), F
 
     def evaluate(self, q: torch.Tensor):
-        """``(U [C], ∇U [C, D], Dc [C, m, D], c [C, m], aux)`` at ``q``: one forward pass, the Jacobian with its graph,
-        and the gradient of ``U = |x|²/2 + |y|²/2 + log det(Dc Dcᵀ)/2``."""
+        """``(U [C], ∇U [C, D], Dc [C, m_h, D], c [C, m_h], aux, soft, cost)`` at ``q``: one forward pass, the
+        constraints' Jacobian with its graph, and the gradient of ``U = |x|²/2 + |y|²/2 + log det(Dc Dcᵀ)/2 +
+        |r_S|²/2σ²`` (with soft statistics, their potential and its gradient also on their own: a :meth:`jacobian`)."""
         d, s = self.d, self.sigma
         x = q[:, :d].detach().to(self.density.dtype).requires_grad_(True)
         with torch.enable_grad():
             r, aux = self.density.residual(self.z_of(x))
-            m = r.shape[-1]
-            J = torch.stack([torch.autograd.grad(r[:, j].sum(), x, create_graph=True, retain_graph=True)[0]
-                             for j in range(m)], 1)  # [C, m, d]
-            G = J @ J.mT
+            rh, rs = self.split(r)
+            m = rh.shape[-1]
+            Jh = torch.stack([torch.autograd.grad(rh[:, j].sum(), x, create_graph=True, retain_graph=True)[0]
+                              for j in range(m)], 1)  # [C, m_h, d]
+            G = Jh @ Jh.mT
             if s > 0:
-                G = G + s * s * torch.eye(m, dtype=G.dtype, device=G.device)
-            logdet = gram_log_det(G.double())
-            U = 0.5 * x.double().square().sum(-1) + 0.5 * logdet
+                G = G + s * s * torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+            U_soft = 0.5 * (rs.double() / s).square().sum(-1) if self.soft else 0.0
+            U = 0.5 * x.double().square().sum(-1) + 0.5 * gram_log_det(G.double()) + U_soft
             (gx,) = torch.autograd.grad(U.sum(), x)
         y = q[:, d:]
         U = U.detach() + 0.5 * y.square().sum(-1)
-        dc = self._lifted_jacobian(J.detach().double())
+        dc = self._lifted_jacobian(Jh.detach().double())
         grad = torch.cat([gx.double(), y], -1) if s > 0 else gx.double()
-        c = r.detach().double() + (s * y if s > 0 else 0.0)
+        c = rh.detach().double() + (s * y if s > 0 else 0.0)
+        if self.soft:  # the soft terms' potential and gradient (the latter again, one backward pass of theirs alone)
+            _, _, _, soft = self.jacobian(q)
+        else:
+            soft = (torch.zeros_like(U), torch.zeros_like(q[:, :d]))
         aux = {k: v.detach() for k, v in aux.items()} | {"log_likelihood": self._log_likelihood(r)}
         bad = ~(torch.isfinite(U) & torch.isfinite(grad).all(-1))
         U = torch.where(bad, torch.full_like(U, math.inf), U)
-        return U, grad, dc, c, aux, 2 * (1 + m)
+        return U, grad, dc, c, aux, soft, 2 * (1 + m) + (self.passes(c) if self.soft else 0)
 
 
 def gram_log_det(gram: torch.Tensor) -> torch.Tensor:
@@ -120,7 +176,7 @@ def pull_onto(system: Lifted, q: torch.Tensor, iterations: int = 4 * MAX_NEWTON)
     chain (up to 2⁻⁸) until the constraint's max norm decreases. Full steps overshoot where the level set is curved
     (the digits' ambiguous set: they oscillate around it), so only the initial placement uses this; the dynamics keep
     the plain Newton projection, whose failures are rejections."""
-    c, dc, _ = system.jacobian(q)
+    c, dc, _, _ = system.jacobian(q)
     for _ in range(iterations):
         norm = c.abs().amax(-1)
         todo = norm >= system.tol_c
@@ -130,7 +186,7 @@ def pull_onto(system: Lifted, q: torch.Tensor, iterations: int = 4 * MAX_NEWTON)
         t = torch.ones(len(q), dtype=q.dtype, device=q.device)
         for _ in range(9):
             trial = q - t[:, None] * step
-            c_t, dc_t, _ = system.jacobian(trial)
+            c_t, dc_t, _, _ = system.jacobian(trial)
             better = todo & torch.isfinite(c_t).all(-1) & (c_t.abs().amax(-1) < norm)
             q, c, dc = (torch.where(better[:, None], trial, q), torch.where(better[:, None], c_t, c),
                         torch.where(better[:, None, None], dc_t, dc))
@@ -158,27 +214,51 @@ def tangent(dc: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return p - (dc.mT @ _gram_solve(dc, (dc @ p.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)).squeeze(-1)
 
 
-def retract(system: Lifted, q, p, eps, dc, active):
-    """The position step ``q' = q + ε (p - Dc(q)ᵀ λ)`` with ``c(q') = 0``: Newton's method on ``λ``, each iteration
-    ``q' ← q' - Dc(q)ᵀ (Dc(q') Dc(q)ᵀ)⁻¹ c(q')`` with the Jacobian at the iterate (one forward and ``m`` backward
-    passes; quadratic convergence, where the chord method that keeps ``Dc(q)`` stalls on a curved network level set).
-    Returns ``(q', p', converged [C], iterations [C], (Dc(q'), aux(q')))`` with ``p' = (q' - q) / ε`` (the last
-    iterate's Jacobian: at ``q'`` for the chains that converged)."""
+def retract(system: Lifted, q, p, eps, dc, active, projection: str = "newton", jacobian: bool = True):
+    """The position step ``q' = q + ε (p - Dc(q)ᵀ λ)`` with ``c(q') = 0``, solved for ``λ`` by ``projection``:
+
+    - ``"newton"``: each iteration ``q' ← q' - Dc(q)ᵀ (Dc(q') Dc(q)ᵀ)⁻¹ c(q')`` with the Jacobian at the iterate (one
+      forward and ``m`` backward passes; quadratic convergence);
+    - ``"chord"`` (quasi-Newton, Mici's default; Au, Graham & Thiery 2020): ``q' ← q' - Dc(q)ᵀ (Dc(q) Dc(q)ᵀ)⁻¹ c(q')``
+      with the start's Jacobian throughout: a forward pass per iteration, linear convergence (at a rate ~ the step
+      times the curvature), failing when the constraint's norm grows; then, if ``jacobian``, one Jacobian at ``q'``.
+
+    Returns ``(q', p', converged [C], iterations [C], cost [C], (Dc(q'), aux(q'), soft(q')))`` with
+    ``p' = (q' - q) / ε``, ``cost`` in gradient-equivalents (a forward pass 1/2, each backward pass 1/2) and the
+    last Jacobian evaluated (at ``q'`` for the chains that converged, if ``jacobian`` or ``"newton"``; else
+    ``None``)."""
     e = eps.unsqueeze(-1)
     qn = q + e * p
     done = ~active
     ok = torch.zeros_like(active)
     iterations = torch.zeros(len(q), dtype=torch.long)
-    for _ in range(MAX_NEWTON):
-        c, dcn, aux = system.jacobian(qn)
+    cost = torch.zeros(len(q))
+    chord = projection == "chord"
+    gram = dc @ dc.mT if chord else None
+    previous = torch.full((len(q),), math.inf, dtype=torch.float64, device=q.device)
+    last = None
+    for _ in range(MAX_CHORD if chord else MAX_NEWTON):
+        if chord:
+            c = system.constraint(qn)
+            cost += 0.5 * (~done).float().cpu()
+            lam = _solve(gram, c.unsqueeze(-1))
+        else:
+            c, dcn, aux, soft = last = system.jacobian(qn)
+            cost += 0.5 * system.passes(c) * (~done).float().cpu()
+            lam = _solve(dcn @ dc.mT, c.unsqueeze(-1))
         iterations += (~done).long().cpu()
-        lam = _solve(dcn @ dc.mT, c.unsqueeze(-1))
         step = (dc.mT @ lam).squeeze(-1)
+        norm = c.abs().amax(-1)
         finite = torch.isfinite(c).all(-1) & torch.isfinite(step).all(-1)
-        conv = finite & (c.abs().amax(-1) < system.tol_c)
+        conv = finite & (norm < system.tol_c)
         ok |= conv & ~done
-        done |= conv | ~finite | (c.abs().amax(-1) > 1e8)
+        done |= conv | ~finite | (norm > 1e8) | (chord & (norm >= previous))
+        previous = norm
         if bool(done.all()):
             break
         qn = torch.where(done.unsqueeze(-1), qn, qn - step)
-    return qn, (qn - q) / e, ok & active, iterations, (dcn, aux)
+    ok = ok & active
+    if chord and jacobian:
+        last = system.jacobian(qn)
+        cost += 0.5 * system.passes(last[0]) * ok.float().cpu()
+    return qn, (qn - q) / e, ok, iterations, cost, (last[1:] if last is not None else None)
