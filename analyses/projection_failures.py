@@ -35,7 +35,7 @@ import torch
 import bayestrex as bt
 from bayestrex.io import write_results
 from bayestrex.kernels import constrained as K
-from bayestrex.kernels.lifted import Lifted, tangent
+from bayestrex.kernels.lifted import tangent
 from bayestrex.posterior import Posterior
 
 OUT = Path(__file__).resolve().parent / "results" / "projection_failures"
@@ -49,13 +49,13 @@ def one_step_failures(post: Posterior, z: torch.Tensor, eps: float, momenta: int
     failure shares by kind, how concentrated they are, the energy error of the steps that succeed."""
     kernel = K.Constrained()
     state = kernel.init(post, z.repeat(momenta, 1), torch.Generator().manual_seed(seed))
-    system = Lifted(post)
+    system = kernel._system(post)
     C, rng = len(state.q), torch.Generator().manual_seed(seed + 1)
     p0 = tangent(state.dc, torch.randn(state.q.shape, generator=rng, dtype=torch.float64))
     h0 = state.potential + 0.5 * p0.square().sum(-1)
     step = torch.full((C,), eps, dtype=torch.float64)
     _, _, ok, h, _, newton, kind = K._leapfrog(system, state, p0, step, torch.ones(C, dtype=torch.bool),
-                                                   kernel.logdet_force)
+                                                   kernel.logdet_force, kernel.projection)
     per_state = (~ok).reshape(momenta, -1).sum(0).sort(descending=True).values  # [N] failures of each state
     failures = int((~ok).sum())
     dh = (h - h0)[ok].abs()

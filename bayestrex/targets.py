@@ -71,11 +71,12 @@ def _pair_and_number(args, form: str, what: str) -> tuple[int, int, float]:
 
 
 def _saturating_probs(q: torch.Tensor) -> list[int]:
-    """The statistics ``p_k`` pinned at ``q_k`` that a softmax only approaches: every 0 and 1, and the last of the
-    others (they sum to 1, so pinning all of them pins the rest to exactly 0)."""
+    """The statistics ``p_k`` pinned at ``q_k`` that a softmax only approaches: every 0 and 1 and, if there are any,
+    the last of the others (they then sum to 1, so pinning all of them pins the rest to exactly 0). A ``q`` with no 0
+    or 1 is attained (logits ``log q``)."""
     bound = [k for k, v in enumerate(q.tolist()) if v in (0.0, 1.0)]
     inner = [k for k in range(len(q)) if k not in bound]
-    return sorted(bound + inner[-1:])
+    return sorted(bound + inner[-1:]) if bound else []
 
 
 def _unit_interval(name: str, value) -> float:

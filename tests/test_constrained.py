@@ -40,31 +40,80 @@ def test_linear_statistic_of_a_gaussian_at_any_sigma(sigma, selection, projectio
     assert draws.stats["projection_failures"].sum() == 0  # a linear constraint projects exactly, reversibly
 
 
-@pytest.mark.parametrize("logdet_force", [False, True])
-def test_a_soft_statistic_keeps_the_posterior(logdet_force):
-    """The second statistic as a soft term of the potential (not lifted): the same Gaussian."""
+@pytest.mark.parametrize("soft, logdet_force", [(1, True), (0, False)])  # (1, False) is the mutation test's setting
+def test_a_soft_statistic_keeps_the_posterior(soft, logdet_force):
+    """One statistic as a soft term of the potential (not lifted): the same Gaussian."""
     # ESS ~0.2 per draw (0.5 with both lifted: the soft term limits the step): 1000 draws keep R-hat well below 1.01
-    draws, mean, cov = linear_case(0.1, samples=1000, soft=(1,), logdet_force=logdet_force)
+    draws, mean, cov = linear_case(0.1, samples=1000, soft=(soft,), logdet_force=logdet_force)
     check_gaussian(draws.z, mean, cov, min_ess=2000)
-    assert draws.info["soft"] == [1]
+    assert draws.info["soft"] == [soft] and draws.info["target_accept"] == 0.8  # TARGET_ACCEPT_SOFT
     r = draws.z.double() @ A.double().T - Y.double()  # the recorded log-likelihood is of both statistics
     lik = (-0.5 * (r / 0.1) ** 2 - math.log(0.1) - 0.5 * math.log(2 * math.pi)).sum(-1)
     assert torch.allclose(draws.aux["log_likelihood"].double(), lik, atol=1e-3, rtol=1e-5)
 
 
+def test_the_potential_on_the_manifold_is_the_negative_log_posterior():
+    """With a statistic soft, the potential at ``q = (x, -r_H(x)/σ)`` is ``-log posterior(z)`` up to a constant (the
+    co-area term is constant for a linear statistic), both as the leapfrog computes it from a projection's Jacobian
+    and as ``evaluate`` does; left out, the soft term breaks the identity by ``|r_S|²/2σ²``."""
+    from bayestrex.kernels.lifted import Lifted
+
+    sigma = 0.1
+    dens = Density(latent_dim=3, prior=GaussianPrior(torch.zeros(3), torch.ones(3)), residual=lambda z: z @ A.T - Y,
+                   sigma=sigma)
+    system = Lifted(dens, soft=(1,))
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    r = x @ A.double().T - Y.double()
+    q = torch.cat([x, -r[:, :1] / sigma], -1)
+    truth = 0.5 * x.square().sum(-1) + 0.5 * (r / sigma).square().sum(-1)  # -log prior - log likelihood
+    c, dc, _, soft = system.jacobian(q)
+    assert c.abs().max() < 1e-5  # on the manifold
+    for U in (system.potential_force(q, dc, soft)[0], system.evaluate(q)[0]):
+        assert (U - truth - (U - truth).mean()).abs().max() < 1e-4
+    without = system.potential_force(q, dc, (0 * soft[0], soft[1]))[0]
+    assert (without - truth - (without - truth).mean()).abs().max() > 1
+
+
+@pytest.mark.slow
 def test_without_the_soft_terms_energy_the_kernel_fails(monkeypatch):
+    """The same mutation, caught by the draws (161 s: ``pytest -m slow``)."""
     from bayestrex.kernels.lifted import Lifted
 
     force = Lifted.potential_force
     monkeypatch.setattr(Lifted, "potential_force", lambda self, q, dc, soft: force(self, q, dc, (0 * soft[0], soft[1])))
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError):  # at the settings the correct kernel passes above
         draws, mean, cov = linear_case(0.1, samples=1000, soft=(1,))
         check_gaussian(draws.z, mean, cov, min_ess=2000)
 
 
+def test_soft_auto_takes_the_densitys_saturating_statistics_at_positive_sigma():
+    from bayestrex.kernels.constrained import TARGET_ACCEPT
+
+    dens = Density(latent_dim=3, prior=GaussianPrior(torch.zeros(3), torch.ones(3)), residual=lambda z: z @ A.T - Y,
+                   sigma=0.1)
+    dens.saturating = [1]
+    assert Constrained()._system(dens).soft == (1,)
+    assert Constrained(soft=())._system(dens).soft == ()
+    dens.sigma = 0.0  # the level set itself: every statistic a constraint
+    assert Constrained()._system(dens).soft == ()
+    draws = linear_case(0.1, chains=4, samples=5)[0]  # a Density without `saturating`: none soft
+    assert draws.info["soft"] == [] and draws.info["target_accept"] == TARGET_ACCEPT["multinomial"]
+
+
+@pytest.mark.parametrize("soft", [(), (1,)])
+def test_a_step_costs_its_passes(soft):
+    """On a linear level set each projection converges at its first iterate: the forward one costs a forward pass,
+    the constraints' ``m_h`` backward passes and, with a soft statistic, one more for its gradient; the reverse check
+    a forward pass alone. With m = 2 that is 2 gradient-equivalents per step of 2 iterations either way."""
+    draws = linear_case(0.1, chains=8, samples=20, soft=soft)[0]
+    assert draws.stats["projection_failures"].sum() == 0
+    assert torch.equal(draws.stats["n_steps"].long(), draws.stats["newton_iterations"].long())
+
+
 def test_soft_statistics_are_checked():
-    with pytest.raises(ValueError, match="soft"):
-        Constrained(soft="all")
+    for bad in ("all", [1.5], [None]):
+        with pytest.raises(ValueError, match="soft must be"):
+            Constrained(soft=bad)
     with pytest.raises(ValueError, match="soft: statistic indices must be < 2"):
         linear_case(0.1, chains=2, samples=2, soft=(2,))
     with pytest.raises(ValueError, match="every statistic .* is soft"):
@@ -127,7 +176,7 @@ def test_sphere_in_5d_is_uniform():
     check_mean(z**2, torch.full((5,), 0.8), torch.full((5,), 48 / 35 - 0.64), min_ess=1500)
 
 
-def parabola_case(sigma: float, samples: int, **kernel):
+def parabola_case(sigma: float, samples: int, info: bool = False, **kernel):
     """u(z) = z₂ - z₁²/2 + 1 under N(0, I): |∇u| = sqrt(1 + z₁²) varies along the level set, so its co-area term
     matters (on the curve z₂ = t²/2 - 1 the σ → 0 density of t is the prior's, ∝ exp(-t²/2 - (t²/2 - 1)²/2); without
     the term it would carry an extra sqrt(1 + t²): E[z₁²] 1.21 instead of 0.96). Returns the draws of (z₁², z₂) and
@@ -153,7 +202,8 @@ def parabola_case(sigma: float, samples: int, **kernel):
         r = z[..., 1] - z[..., 0] ** 2 / 2 + 1
         lik = -0.5 * (r / sigma) ** 2 - math.log(sigma) - 0.5 * math.log(2 * math.pi)
         assert torch.allclose(draws.aux["log_likelihood"].double(), lik, atol=1e-3, rtol=1e-5)
-    return torch.stack([z[..., 0] ** 2, z[..., 1]], -1), mean, var
+    out = torch.stack([z[..., 0] ** 2, z[..., 1]], -1), mean, var
+    return (*out, draws.info) if info else out
 
 
 @pytest.mark.parametrize("sigma, logdet_force", [(0.0, True), (0.0, False), (0.1, False)])
@@ -162,9 +212,10 @@ def test_a_level_set_whose_co_area_factor_varies(sigma, logdet_force):
     check_mean(x, mean, var, min_ess=1500)
 
 
-@pytest.mark.parametrize("sigma", [0.0, 0.1])
+@pytest.mark.parametrize("sigma", [0.0])  # the lifted case (sigma > 0) with chord: the linear test above
 def test_the_chord_projection_on_a_curved_level_set(sigma):
-    x, mean, var = parabola_case(sigma, 500, projection="chord")
+    x, mean, var, info = parabola_case(sigma, 500, projection="chord", info=True)
+    assert info["projection"] == "chord"
     check_mean(x, mean, var, min_ess=1500)
 
 
@@ -224,3 +275,20 @@ def test_sample_refuses_sigma_zero_for_other_kernels_and_runs_it_with_constraine
     u = r.u
     assert (u - torch.tensor([0.0, 0.9])).abs().max() < 1e-4  # every draw exactly on the level set
     assert math.isnan(float(r.log_likelihood[0, 0]))  # no density at sigma = 0
+
+
+def test_the_reverse_check_allows_what_the_constraint_tolerance_leaves_open():
+    """Two solutions within ``tol_c`` of the same root differ by up to ``2 √m tol_c / s_min(Dc)``; the tolerance is
+    that plus ``tol_rev``, and at most ``REVERSE_TOL_MAX`` where ``Dc`` loses rank."""
+    from bayestrex.kernels.lifted import REVERSE_TOL_MAX, Lifted
+
+    for sigma in (0.1, 0.001):
+        dens = Density(latent_dim=3, prior=GaussianPrior(torch.zeros(3), torch.ones(3)), sigma=sigma,
+                       residual=lambda z: z @ A.T - Y)
+        system = Lifted(dens)
+        dc = torch.cat([torch.zeros(1, 2, 3), sigma * torch.eye(2)[None]], -1).double()  # J = 0: s_min = sigma
+        expected = min(system.tol_rev + 2 * math.sqrt(2) * system.tol_c / sigma, REVERSE_TOL_MAX)
+        assert float(system.reverse_tolerance(dc)) == pytest.approx(expected)
+    zero = Lifted(Density(latent_dim=3, prior=GaussianPrior(torch.zeros(3), torch.ones(3)), sigma=0.0,
+                          residual=lambda z: z @ A.T - Y))
+    assert float(zero.reverse_tolerance(torch.zeros(1, 2, 3, dtype=torch.float64))) == REVERSE_TOL_MAX

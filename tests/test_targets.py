@@ -141,6 +141,8 @@ def test_custom_target_shape_is_checked():
     ("ambiguous:3,8", [1], [0.01] * 3 + [0.46] + [0.01] * 4 + [0.46, 0.01]),
     ("graded:1,7,0.3", [0, 2, 3, 4, 5, 6, 7, 8, 9], [0.01, 0.3] + [0.01] * 5 + [0.62, 0.01, 0.01]),
     ("probs:0.2,0.3,0.5,0,0,0,0,0,0,0", [2, 3, 4, 5, 6, 7, 8, 9], [0.2, 0.3, 0.43] + [0.01] * 7),
+    ("probs:" + ",".join(["0.1"] * 10), [], [0.1] * 10),  # no 0 or 1: attained at logits log q
+    ("graded:1,7,0", list(range(10)), None),  # p_7 = 1: nothing attained
     ("tied:3,8,0.9", [], [0.0125] * 3 + [0.45] + [0.0125] * 4 + [0.45, 0.0125]),
     ("uniform", [], [0.1] * 10),
 ])
@@ -157,3 +159,5 @@ def test_saturating_statistics_are_those_a_softmax_only_approaches(spec, saturat
     hard = [j for j in range(len(r)) if j not in saturating]
     assert r[hard].abs().max() < 1e-6, r
     assert (r[saturating].abs() > 1e-3).all(), r
+    if saturating:  # and pinning the saturating ones too asks for a probability of exactly 0 or 1
+        assert r.abs().max() > 1e-3

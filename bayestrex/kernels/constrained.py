@@ -13,15 +13,21 @@ Holmes-Cerfon & Goodman 2018); another half kick and projection. A projection th
 reversible, ends the trajectory on that side (``selection="multinomial"``, the default: a state is drawn from the
 steps before it) or rejects it (``"endpoint"``), and is counted (``projection_failures`` statistic).
 
-Cost, counted in gradient-equivalents (``n_steps``; a gradient = one forward and one backward pass = 1): one
-evaluation of the potential's gradient needs the Jacobian (``m`` backward passes with their graph) and a backward
-pass through it for the ``log det`` term: ``2 (1 + m)`` (none with ``logdet_force=False``: the last Newton iterate's
-Jacobian is the new point's); a Newton iteration is one forward and ``m`` backward passes: ``(1 + m) / 2``.
+Statistics whose target value the softmax only approaches (``Target.saturating``: a pair's mass of 1, a probability of
+0) are not lifted but kept as soft terms of the potential (``soft="auto"``); see :mod:`bayestrex.kernels.lifted`.
+
+Cost, counted in gradient-equivalents (``n_steps``; a gradient = one forward and one backward pass = 1, so a pass is
+1/2), per chain: a Newton iteration is a forward pass, and the ``m_h`` backward passes of the constraints' Jacobian
+where the chain goes on or has converged in the forward projection (the reverse check needs none at its end), plus,
+with soft statistics, one backward pass for their gradient at the new point; a chord iteration a forward pass. With
+``logdet_force=True`` the potential's gradient needs the Jacobian with its graph and a backward pass through it:
+``2 (1 + m_h)`` more (½ more with soft statistics).
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from typing import NamedTuple
 
 import torch
@@ -115,7 +121,7 @@ def _leapfrog(system: Lifted, at: ConstrainedState, p, eps, active, logdet_force
     p1 = tangent(at1.dc, p1)
     # the reverse step from (q1, -p1) must land on q
     qr, _, okr, itr, cost_r, _ = retract(system, q1, -p1, eps, at1.dc, ok, projection, jacobian=False)
-    back = okr & ((qr - at.q).abs().amax(-1) < system.tol_rev)
+    back = okr & ((qr - at.q).abs().amax(-1) < system.reverse_tolerance(at1.dc))
     kind = torch.where(~active | back, 0, torch.where(~ok, 1, torch.where(~okr, 2, 3)))  # FAILURES' index
     ok = back
     p1 = tangent(at1.dc, p1 - 0.5 * eps.unsqueeze(-1) * at1.grad)
@@ -196,8 +202,8 @@ class Constrained:
                 raise ValueError(f"soft must be 'auto' or a sequence of statistic indices, got {soft!r}")
         else:
             try:
-                soft = tuple(sorted(set(int(j) for j in soft)))
-            except (TypeError, ValueError):
+                soft = tuple(sorted(set(operator.index(j) for j in soft)))
+            except TypeError:
                 raise ValueError(f"soft must be 'auto' or a sequence of statistic indices, got {soft!r}") from None
             if any(j < 0 for j in soft):
                 raise ValueError(f"soft: statistic indices must be >= 0, got {list(soft)}")
@@ -225,9 +231,10 @@ class Constrained:
             if any(j >= m for j in soft):
                 raise ValueError(f"soft: statistic indices must be < {m} (the number of statistics), got {list(soft)}")
             if len(soft) == m:
+                why = "values the softmax only approaches" if self.soft == "auto" else "as given"
                 raise ValueError(f"kernel 'constrained': every statistic of target {getattr(density, 'target', '?')!r} "
-                                 f"is soft ({list(soft)}: its value is one the softmax only approaches), so there is "
-                                 "no level set to move along; use kernel='chees' (or pass soft=() to lift them all)")
+                                 f"is soft ({list(soft)}: {why}), so there is no level set to move along; use "
+                                 "kernel='chees' (or pass soft=() to lift them all)")
         return Lifted(density, soft)
 
     def init(self, density, z0, rng) -> ConstrainedState:

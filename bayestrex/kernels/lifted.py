@@ -19,21 +19,37 @@ or the chord method), ``pull_onto`` (initial placement at ``sigma = 0``).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
-from ..density import GaussianPrior, residual_jacobian
+from ..density import GaussianPrior
+from .base import select
 
 __all__ = ["Lifted", "gram_log_det", "pull_onto", "tangent", "retract", "MAX_NEWTON", "MAX_CHORD", "PROJECTIONS"]
 
 #: Newton converges when the constraint's max norm is below this many units of the density's float resolution (a
 #: float32 network's statistics are exact to ~1e-6 at best; a position criterion would amplify that noise by 1/sigma
-#: in y); the reverse step must return within the position tolerance
+#: in y); the reverse step must return within the position tolerance plus what the constraint tolerance leaves open
+#: (``Lifted.reverse_tolerance``)
 CONSTRAINT_TOL_EPS, REVERSE_TOL_EPS = 100, 2000
+#: the reverse check's tolerance never exceeds this (prior units; it grows where Dc nearly loses rank, at sigma = 0):
+#: another root of the projection lies about a curvature radius away, 0.1-0.3 on the digits network (README, "Small
+#: σ on a network", turn length)
+REVERSE_TOL_MAX = 0.01
 MAX_NEWTON = 20
 PROJECTIONS = ("newton", "chord")
 #: the chord iteration converges linearly: more iterations, each a forward pass only
 MAX_CHORD = 50
+
+
+class Pass(NamedTuple):
+    """One forward pass of the network at ``q``, its graph kept for the derivatives that are needed."""
+
+    q: torch.Tensor  #: [C, D] float64
+    x: torch.Tensor  #: [C, d] the latent part, in the density's dtype, with requires_grad
+    r: torch.Tensor  #: [C, m] the residual u(z) - u*, with its graph
+    aux: dict
 
 
 class Lifted:
@@ -56,6 +72,7 @@ class Lifted:
         self.density, self.prior = density, prior
         self.sigma = float(density.sigma)
         self.soft = tuple(int(j) for j in soft)
+        self._index: dict = {}  # (m, device) -> the hard and soft statistics' indices
         if self.soft and not self.sigma > 0:
             raise ValueError("soft statistics need sigma > 0 (at sigma = 0 every statistic is a constraint)")
         self.d = density.latent_dim
@@ -71,35 +88,54 @@ class Lifted:
     def split(self, t: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
         """``(hard, soft)`` parts of ``t`` along the statistics' dimension ``dim``: the constraints and the soft
         terms."""
-        m = t.shape[dim]
-        hard = [j for j in range(m) if j not in self.soft]
-        idx = (torch.tensor(hard, dtype=torch.long, device=t.device),
-               torch.tensor(self.soft, dtype=torch.long, device=t.device))
-        return t.index_select(dim, idx[0]), t.index_select(dim, idx[1])
+        key = (t.shape[dim], t.device)
+        if key not in self._index:
+            hard = [j for j in range(key[0]) if j not in self.soft]
+            self._index[key] = (torch.tensor(hard, dtype=torch.long, device=t.device),
+                                torch.tensor(self.soft, dtype=torch.long, device=t.device))
+        hard, soft = self._index[key]
+        return t.index_select(dim, hard), t.index_select(dim, soft)
+
+    def forward(self, q: torch.Tensor) -> Pass:
+        """One forward pass at ``q [C, D]`` with its graph, for the derivatives below to share."""
+        x = q[:, : self.d].detach().to(self.density.dtype).requires_grad_(True)
+        with torch.enable_grad():
+            r, aux = self.density.residual(self.z_of(x))
+        return Pass(q, x, r, aux)
+
+    def constraint_of(self, f: Pass) -> torch.Tensor:
+        """``c [C, m_h]`` (float64) of a forward pass."""
+        rh = self.split(f.r.detach().double())[0]
+        return rh + self.sigma * f.q[:, self.d:] if self.sigma > 0 else rh
+
+    def jacobian_of(self, f: Pass) -> torch.Tensor:
+        """``Dc [C, m_h, D]`` (float64) of a forward pass: ``m_h`` backward passes."""
+        with torch.enable_grad():
+            rh = self.split(f.r)[0]
+            J = torch.stack([torch.autograd.grad(rh[:, j].sum(), f.x, retain_graph=True)[0]
+                             for j in range(rh.shape[-1])], 1)
+        return self._lifted_jacobian(J.double())
+
+    def soft_of(self, f: Pass) -> tuple[torch.Tensor, torch.Tensor]:
+        """The soft terms' potential ``|r_S|² / 2σ² [C]`` and its gradient in ``x`` ``[C, d]`` (float64) of a forward
+        pass: one backward pass (none, and zeros, without soft statistics)."""
+        if not self.soft:
+            return torch.zeros_like(f.q[:, 0]), torch.zeros_like(f.q[:, : self.d])
+        with torch.enable_grad():
+            U = 0.5 * (self.split(f.r)[1].double() / self.sigma).square().sum(-1)
+            (g,) = torch.autograd.grad(U.sum(), f.x, retain_graph=True)
+        return U.detach(), g.double()
+
+    def aux_of(self, f: Pass) -> dict:
+        """What is recorded beside a draw: the residual's (``probs``, ``u``) with ``log_likelihood`` (of all ``m``
+        statistics)."""
+        return {k: v.detach() for k, v in f.aux.items()} | {"log_likelihood": self._log_likelihood(f.r)}
 
     def jacobian(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict, tuple]:
-        """``(c [C, m_h], Dc [C, m_h, D], aux, soft)`` at ``q`` (float64): one forward pass, ``m_h`` backward passes for
-        the constraints' Jacobian and, with soft statistics, one for the gradient of their potential; ``aux`` the
-        residual's (``probs``, ``u``) with ``log_likelihood`` (of all ``m`` statistics); ``soft`` the soft terms'
-        potential ``|r_S|² / 2σ² [C]`` and its gradient in ``x`` ``[C, d]`` (zeros without soft statistics)."""
-        d, s, density = self.d, self.sigma, self.density
-        if not self.soft:
-            r, J, aux = residual_jacobian(density, q[:, :d])
-            soft = (torch.zeros_like(r[:, 0]), torch.zeros_like(q[:, :d]))
-        else:
-            x = q[:, :d].detach().to(density.dtype).requires_grad_(True)
-            with torch.enable_grad():
-                r, aux = density.residual(self.z_of(x))
-                rh, rs = self.split(r)
-                J = torch.stack([torch.autograd.grad(rh[:, j].sum(), x, retain_graph=True)[0]
-                                 for j in range(rh.shape[-1])], 1).double()
-                U_soft = 0.5 * (rs.double() / s).square().sum(-1)
-                (g,) = torch.autograd.grad(U_soft.sum(), x)
-            r, aux = r.detach().double(), {k: v.detach() for k, v in aux.items()}
-            soft = (U_soft.detach(), g.double())
-        aux = aux | {"log_likelihood": self._log_likelihood(r)}
-        rh = self.split(r)[0]
-        return (rh + s * q[:, d:] if s > 0 else rh), self._lifted_jacobian(J), aux, soft
+        """``(c [C, m_h], Dc [C, m_h, D], aux, soft)`` at ``q`` (float64): one forward pass, ``m_h`` backward passes
+        and, with soft statistics, one more (:meth:`passes` in all)."""
+        f = self.forward(q)
+        return self.constraint_of(f), self.jacobian_of(f), self.aux_of(f), self.soft_of(f)
 
     def constraint(self, q: torch.Tensor) -> torch.Tensor:
         """``c [C, m_h]`` at ``q`` (float64): one forward pass, no graph."""
@@ -108,6 +144,18 @@ class Lifted:
             r, _ = self.density.residual(self.z_of(q[:, :d]))
         rh = self.split(r.double())[0]
         return rh + s * q[:, d:] if s > 0 else rh
+
+    def reverse_tolerance(self, dc: torch.Tensor) -> torch.Tensor:
+        """``[C]``: how far the reverse step may land from the start and still have returned to it, given the
+        Jacobian ``Dc [C, m_h, D]`` at the new point. Both points lie in the same affine normal space there (the
+        start by construction, the reverse step's iterates by the projection) with ``|c| < tol_c``, so two solutions
+        at the same root can differ by up to ``2 √m_h tol_c / s_min(Dc)``: ``tol_rev`` plus that, at most
+        ``REVERSE_TOL_MAX``. A fixed tolerance
+        rejected steps that had returned (on `graded:1,7,0.3` at σ = 0.0125: 6-7% of the steps, each back within
+        1-8·10⁻⁴ of the start where ``tol_c / s_min`` was 6-10·10⁻⁴; README, "Soft statistics"); another root lies
+        a curvature radius away."""
+        s_min = torch.linalg.eigvalsh(dc @ dc.mT)[:, 0].clamp_min(0).sqrt()  # s_min >= sigma
+        return (self.tol_rev + 2 * math.sqrt(dc.shape[1]) * self.tol_c / s_min).clamp_max(REVERSE_TOL_MAX)
 
     def passes(self, c: torch.Tensor) -> int:
         """Network passes of :meth:`jacobian`: one forward, one backward per constraint (``c [C, m_h]``) and one for
@@ -131,12 +179,13 @@ class Lifted:
         (``logdet_force=False``)."""
         U = 0.5 * q.square().sum(-1) + 0.5 * gram_log_det(dc @ dc.mT) + soft[0]
         F = q + torch.nn.functional.pad(soft[1], (0, q.shape[-1] - self.d))
-        return torch.where(torch.isfinite(U), U, torch.full_like(U, math.inf)), F
+        bad = ~(torch.isfinite(U) & torch.isfinite(F).all(-1))
+        return torch.where(bad, torch.full_like(U, math.inf), U), F
 
     def evaluate(self, q: torch.Tensor):
         """``(U [C], ∇U [C, D], Dc [C, m_h, D], c [C, m_h], aux, soft, cost)`` at ``q``: one forward pass, the
         constraints' Jacobian with its graph, and the gradient of ``U = |x|²/2 + |y|²/2 + log det(Dc Dcᵀ)/2 +
-        |r_S|²/2σ²`` (with soft statistics, their potential and its gradient also on their own: a :meth:`jacobian`)."""
+        |r_S|²/2σ²`` (with soft statistics, the gradient of their potential also on its own)."""
         d, s = self.d, self.sigma
         x = q[:, :d].detach().to(self.density.dtype).requires_grad_(True)
         with torch.enable_grad():
@@ -148,7 +197,9 @@ class Lifted:
             G = Jh @ Jh.mT
             if s > 0:
                 G = G + s * s * torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
-            U_soft = 0.5 * (rs.double() / s).square().sum(-1) if self.soft else 0.0
+            U_soft = 0.5 * (rs.double() / s).square().sum(-1) if self.soft else torch.zeros_like(G[:, 0, 0]).double()
+            gs = torch.autograd.grad(U_soft.sum(), x, retain_graph=True)[0].double() if self.soft else \
+                torch.zeros_like(q[:, :d])
             U = 0.5 * x.double().square().sum(-1) + 0.5 * gram_log_det(G.double()) + U_soft
             (gx,) = torch.autograd.grad(U.sum(), x)
         y = q[:, d:]
@@ -156,14 +207,11 @@ class Lifted:
         dc = self._lifted_jacobian(Jh.detach().double())
         grad = torch.cat([gx.double(), y], -1) if s > 0 else gx.double()
         c = rh.detach().double() + (s * y if s > 0 else 0.0)
-        if self.soft:  # the soft terms' potential and gradient (the latter again, one backward pass of theirs alone)
-            _, _, _, soft = self.jacobian(q)
-        else:
-            soft = (torch.zeros_like(U), torch.zeros_like(q[:, :d]))
+        soft = (U_soft.detach(), gs)  # the soft terms alone (for `potential_force`): one more backward pass
         aux = {k: v.detach() for k, v in aux.items()} | {"log_likelihood": self._log_likelihood(r)}
         bad = ~(torch.isfinite(U) & torch.isfinite(grad).all(-1))
         U = torch.where(bad, torch.full_like(U, math.inf), U)
-        return U, grad, dc, c, aux, soft, 2 * (1 + m) + (self.passes(c) if self.soft else 0)
+        return U, grad, dc, c, aux, soft, 2 * (1 + m) + (0.5 if self.soft else 0)
 
 
 def gram_log_det(gram: torch.Tensor) -> torch.Tensor:
@@ -217,48 +265,81 @@ def tangent(dc: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 def retract(system: Lifted, q, p, eps, dc, active, projection: str = "newton", jacobian: bool = True):
     """The position step ``q' = q + ε (p - Dc(q)ᵀ λ)`` with ``c(q') = 0``, solved for ``λ`` by ``projection``:
 
-    - ``"newton"``: each iteration ``q' ← q' - Dc(q)ᵀ (Dc(q') Dc(q)ᵀ)⁻¹ c(q')`` with the Jacobian at the iterate (one
-      forward and ``m`` backward passes; quadratic convergence);
+    - ``"newton"``: each iteration ``q' ← q' - Dc(q)ᵀ (Dc(q') Dc(q)ᵀ)⁻¹ c(q')`` with the Jacobian at the iterate
+      (quadratic convergence): a forward pass, and ``m_h`` backward passes where the chain goes on (or, if
+      ``jacobian``, has converged: ``Dc(q')`` and the soft terms' gradient, one more pass, are the new point's);
     - ``"chord"`` (quasi-Newton, Mici's default; Au, Graham & Thiery 2020): ``q' ← q' - Dc(q)ᵀ (Dc(q) Dc(q)ᵀ)⁻¹ c(q')``
       with the start's Jacobian throughout: a forward pass per iteration, linear convergence (at a rate ~ the step
       times the curvature), failing when the constraint's norm grows; then, if ``jacobian``, one Jacobian at ``q'``.
 
+    The reverse check (``jacobian=False``) thus needs no derivatives at the point it converges to.
     Returns ``(q', p', converged [C], iterations [C], cost [C], (Dc(q'), aux(q'), soft(q')))`` with
-    ``p' = (q' - q) / ε``, ``cost`` in gradient-equivalents (a forward pass 1/2, each backward pass 1/2) and the
-    last Jacobian evaluated (at ``q'`` for the chains that converged, if ``jacobian`` or ``"newton"``; else
-    ``None``)."""
+    ``p' = (q' - q) / ε``, ``cost`` in gradient-equivalents (a forward pass 1/2, each backward pass 1/2, counted for
+    the chains that need it), and the converged chains' ``Dc``, ``aux`` and soft terms at ``q'`` (if ``jacobian``;
+    else ``None``)."""
     e = eps.unsqueeze(-1)
     qn = q + e * p
     done = ~active
     ok = torch.zeros_like(active)
     iterations = torch.zeros(len(q), dtype=torch.long)
     cost = torch.zeros(len(q))
-    chord = projection == "chord"
-    gram = dc @ dc.mT if chord else None
-    previous = torch.full((len(q),), math.inf, dtype=torch.float64, device=q.device)
-    last = None
-    for _ in range(MAX_CHORD if chord else MAX_NEWTON):
-        if chord:
+    if projection == "chord":
+        gram = dc @ dc.mT
+        previous = torch.full((len(q),), math.inf, dtype=torch.float64, device=q.device)
+        for _ in range(MAX_CHORD):
             c = system.constraint(qn)
             cost += 0.5 * (~done).float().cpu()
-            lam = _solve(gram, c.unsqueeze(-1))
-        else:
-            c, dcn, aux, soft = last = system.jacobian(qn)
-            cost += 0.5 * system.passes(c) * (~done).float().cpu()
-            lam = _solve(dcn @ dc.mT, c.unsqueeze(-1))
-        iterations += (~done).long().cpu()
-        step = (dc.mT @ lam).squeeze(-1)
+            iterations += (~done).long().cpu()
+            step = (dc.mT @ _solve(gram, c.unsqueeze(-1))).squeeze(-1)
+            norm = c.abs().amax(-1)
+            finite = torch.isfinite(c).all(-1) & torch.isfinite(step).all(-1)
+            conv = finite & (norm < system.tol_c)
+            ok |= conv & ~done
+            done |= conv | ~finite | (norm > 1e8) | (norm >= previous)
+            previous = norm
+            if bool(done.all()):
+                break
+            qn = torch.where(done.unsqueeze(-1), qn, qn - step)
+        ok = ok & active
+        last = None
+        if jacobian:
+            c, dcn, aux, soft = system.jacobian(qn)
+            cost += 0.5 * system.passes(c) * ok.float().cpu()
+            last = (dcn, aux, soft)
+        return qn, (qn - q) / e, ok, iterations, cost, last
+    last = None
+    for _ in range(MAX_NEWTON):
+        f = system.forward(qn)
+        c = system.constraint_of(f)
+        todo = ~done
+        cost += 0.5 * todo.float().cpu()
+        iterations += todo.long().cpu()
         norm = c.abs().amax(-1)
-        finite = torch.isfinite(c).all(-1) & torch.isfinite(step).all(-1)
+        finite = torch.isfinite(c).all(-1)
         conv = finite & (norm < system.tol_c)
-        ok |= conv & ~done
-        done |= conv | ~finite | (norm > 1e8) | (chord & (norm >= previous))
-        previous = norm
+        newly = todo & conv
+        going_on = todo & ~conv & finite & (norm <= 1e8)
+        need = going_on | (newly if jacobian else torch.zeros_like(newly))
+        dcn = None
+        if bool(need.any()):
+            dcn = system.jacobian_of(f)
+            cost += 0.5 * c.shape[-1] * need.float().cpu()
+        if jacobian and bool(newly.any()):  # the new point's Jacobian, aux and soft terms
+            soft = system.soft_of(f)
+            cost += 0.5 * (1 if system.soft else 0) * newly.float().cpu()
+            new = dict(dc=dcn, aux=system.aux_of(f), soft_U=soft[0], soft_g=soft[1])
+            last = new if last is None else select(newly, new, last)
+        ok |= newly
+        done |= conv | ~going_on
         if bool(done.all()):
             break
+        step = (dc.mT @ _solve(dcn @ dc.mT, c.unsqueeze(-1))).squeeze(-1)
+        done |= ~torch.isfinite(step).all(-1)
         qn = torch.where(done.unsqueeze(-1), qn, qn - step)
     ok = ok & active
-    if chord and jacobian:
-        last = system.jacobian(qn)
-        cost += 0.5 * system.passes(last[0]) * ok.float().cpu()
-    return qn, (qn - q) / e, ok, iterations, cost, (last[1:] if last is not None else None)
+    if not jacobian:
+        return qn, (qn - q) / e, ok, iterations, cost, None
+    if last is None:  # no chain converged: placeholders of the right shapes (every step failed)
+        last = dict(dc=dc, aux=system.aux_of(f), soft_U=torch.zeros_like(q[:, 0]),
+                    soft_g=torch.zeros_like(q[:, : system.d]))
+    return qn, (qn - q) / e, ok, iterations, cost, (last["dc"], last["aux"], (last["soft_U"], last["soft_g"]))
