@@ -40,7 +40,8 @@ def test_linear_statistic_of_a_gaussian_at_any_sigma(sigma, selection, projectio
     assert draws.stats["projection_failures"].sum() == 0  # a linear constraint projects exactly, reversibly
 
 
-@pytest.mark.parametrize("soft, logdet_force", [(1, True), (0, False)])  # (1, False) is the mutation test's setting
+# (1, False) is the mutation test's setting; (1, True) the force's path, 40 s: `pytest -m slow`
+@pytest.mark.parametrize("soft, logdet_force", [pytest.param(1, True, marks=pytest.mark.slow), (0, False)])
 def test_a_soft_statistic_keeps_the_posterior(soft, logdet_force):
     """One statistic as a soft term of the potential (not lifted): the same Gaussian."""
     # ESS ~0.2 per draw (0.5 with both lifted: the soft term limits the step): 1000 draws keep R-hat well below 1.01
@@ -212,6 +213,7 @@ def test_a_level_set_whose_co_area_factor_varies(sigma, logdet_force):
     check_mean(x, mean, var, min_ess=1500)
 
 
+@pytest.mark.slow  # 28 s; the default suite runs chord on the linear case above
 @pytest.mark.parametrize("sigma", [0.0])  # the lifted case (sigma > 0) with chord: the linear test above
 def test_the_chord_projection_on_a_curved_level_set(sigma):
     x, mean, var, info = parabola_case(sigma, 500, projection="chord", info=True)

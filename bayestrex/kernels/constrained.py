@@ -48,7 +48,8 @@ TARGET_ACCEPT = {"multinomial": 0.6, "endpoint": 0.8}
 #: target mean acceptance of "multinomial" with soft statistics (``soft``): the leapfrog on their potential is an
 #: ordinary one against an exponential wall (a pair's mass near 1), whose energy error, not projection failures, limits
 #: the step. On `ambiguous:3,8,mass` at σ = 0.025 (16 chains x (100 + 100), seeds 0 and 1) 0.8 gave 1.2-1.4x the bulk
-#: and 1.7-1.8x the tail ESS per gradient of 0.6, and R-hat 1.12 against 1.34-1.37 (README, "Soft statistics")
+#: and 1.7-1.8x the tail ESS per gradient of 0.6, and R-hat 1.12 against 1.34-1.37 (runs before the reverse tolerance
+#: and cost count of today; README, "Soft statistics")
 TARGET_ACCEPT_SOFT = 0.8
 #: how a trajectory's state is chosen. On network level sets a projection fails at *places*: on `tied:3,8,0.9` at
 #: σ = 0.0125 about 0.4-0.6 failures per unit of integration time at steps from 0.05 to 0.4, nearly all the forward
