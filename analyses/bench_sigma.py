@@ -116,6 +116,7 @@ KERNELS = dict(nuts=lambda a: PyroNUTS(), chees=lambda a: ChEES(max_steps=a.chee
 KERNELS["constrained-prior-force"] = lambda a: Constrained(logdet_force=False)  # the co-area term in the energy only
 KERNELS["constrained-logdet-force"] = lambda a: Constrained(logdet_force=True)  # and its force integrated
 KERNELS["constrained-endpoint"] = lambda a: Constrained(selection="endpoint")  # the rule before "multinomial"
+KERNELS["constrained-multinomial"] = lambda a: Constrained(selection="multinomial")  # the rule before "doubling"
 KERNELS["constrained-lift-all"] = lambda a: Constrained(soft=())  # every statistic lifted (before soft="auto")
 KERNELS["constrained-accept-0.6"] = lambda a: Constrained(target_accept=0.6)  # the default without soft statistics
 KERNELS["constrained-accept-0.8"] = lambda a: Constrained(target_accept=0.8)  # the default with them

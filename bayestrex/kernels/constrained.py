@@ -10,8 +10,8 @@ Dynamics: the constrained (RATTLE / geodesic) leapfrog with the identity metric 
 kick and projection onto the tangent space; a position step ``q + ε p`` pulled back onto the manifold along
 ``Dc(q)ᵀ`` by Newton iterations; a reversibility check (the reverse step must return to ``q``; Zappa,
 Holmes-Cerfon & Goodman 2018); another half kick and projection. A projection that does not converge, or that is not
-reversible, ends the trajectory on that side (``selection="multinomial"``, the default: a state is drawn from the
-steps before it) or rejects it (``"endpoint"``), and is counted (``projection_failures`` statistic).
+reversible, ends the trajectory on that side (``selection="doubling"``, the default, and ``"multinomial"``: a state
+is drawn from the steps before it) or rejects it (``"endpoint"``), and is counted (``projection_failures``).
 
 Statistics whose target value the softmax only approaches (``Target.saturating``: a pair's mass of 1, a probability of
 0) are not lifted but kept as soft terms of the potential (``soft="auto"``); see :mod:`bayestrex.kernels.lifted`.
@@ -32,9 +32,10 @@ from typing import NamedTuple
 
 import torch
 
-from . import register
+from . import register, trajectory
 from .base import positive, positive_int, probability, select
 from .lifted import PROJECTIONS, Lifted, pull_onto, retract, tangent
+from .trajectory import Pick, Tally, depth_of, doubling, window
 from .tuning import DualAveraging, da_init, da_update
 
 __all__ = ["Constrained", "ConstrainedState", "ConstrainedInfo"]
@@ -43,13 +44,16 @@ __all__ = ["Constrained", "ConstrainedState", "ConstrainedInfo"]
 #: "multinomial" (mean over a window's steps, a failed one 0): on `tied:3,8,0.9` projections fail ~0.5 times per unit
 #: of integration time at steps from 0.05 to 0.4 (`analyses/projection_failures.py`), so longer steps cover the same
 #: path for fewer gradients; 0.6 doubled the bulk ESS per gradient of 0.8 there (step 0.32 against 0.10; README,
-#: "Multinomial selection"), and 0.45 (step 0.52) did not add to it
-TARGET_ACCEPT = {"multinomial": 0.6, "endpoint": 0.8}
-#: target mean acceptance of "multinomial" with soft statistics (``soft``): the leapfrog on their potential is an
-#: ordinary one against an exponential wall (a pair's mass near 1), whose energy error, not projection failures, limits
-#: the step. On `ambiguous:3,8,mass` at σ = 0.025 (16 chains x (100 + 100), seeds 0 and 1) 0.8 gave 1.2-1.4x the bulk
-#: and 1.7-1.8x the tail ESS per gradient of 0.6, and R-hat 1.12 against 1.34-1.37 (runs before the reverse tolerance
-#: and cost count of today; README, "Soft statistics")
+#: "Multinomial selection"), and 0.45 (step 0.52) did not add to it. "doubling" (the same mean): on `tied:3,8,0.9` at
+#: σ = 0.0125 (16 chains x (100 + 200), ad hoc) 0.6 gave 3.0x the bulk ESS per gradient of 0.8 (step 0.37 against
+#: 0.044; on the 5-d sphere 0.8 was 1.4x better)
+TARGET_ACCEPT = {"multinomial": 0.6, "endpoint": 0.8, "doubling": 0.6}
+#: target mean acceptance of "multinomial" and "doubling" with soft statistics (``soft``): the leapfrog on their
+#: potential is an ordinary one against an exponential wall (a pair's mass near 1), whose energy error, not projection
+#: failures, limits the step. On `ambiguous:3,8,mass` at σ = 0.025 (16 chains x (100 + 100), seeds 0 and 1) 0.8 gave
+#: 1.2-1.4x the bulk and 1.7-1.8x the tail ESS per gradient of 0.6, and R-hat 1.12 against 1.34-1.37 (runs before
+#: the reverse tolerance and cost count; README, "Soft statistics"). With "doubling" at σ = 0.0125 (16 chains x
+#: (100 + 200), ad hoc) 0.8 gave 1.25x the bulk ESS per gradient of 0.6
 TARGET_ACCEPT_SOFT = 0.8
 #: how a trajectory's state is chosen. On network level sets a projection fails at *places*: on `tied:3,8,0.9` at
 #: σ = 0.0125 about 0.4-0.6 failures per unit of integration time at steps from 0.05 to 0.4, nearly all the forward
@@ -59,7 +63,15 @@ TARGET_ACCEPT_SOFT = 0.8
 #: is an edge that fails from either end, so cutting the window there keeps detailed balance) keeps the states before a
 #: failure and takes steps of ~0.3 (README, "Multinomial selection"). On smooth level sets (circle, sphere) it draws
 #: states nearer the start, and "endpoint" gave 1.3-2.3x its ESS per gradient (an ad-hoc measurement, see the README)
-SELECTIONS = ("multinomial", "endpoint")
+#: "doubling" builds the trajectory as NUTS does without its U-turn criterion (each doubling extends it on a random
+#: side) and takes the new half's state with probability min(1, W_new / W_old) (biased progressive sampling,
+#: Betancourt 2017 app. A.3.2), so the draw lies mostly in the half away from the start
+SELECTIONS = ("multinomial", "endpoint", "doubling")
+#: default of ``selection``. "multinomial" draws uniformly placed states, often near the start: on
+#: `ambiguous:3,8,mass` at σ = 0.0125 its least-mixing latent (a prior-like one, sd 1.0) had lag-1 autocorrelation
+#: 0.85. "doubling" gave 2.3x its bulk ESS per gradient there, 1.9x on `tied:3,8,0.9`, 3x on the 5-d sphere and
+#: 2.1x on the linear Gaussian (README, "Doubling")
+SELECTION = "doubling"
 #: why a step fails: the position step's Newton projection does not converge; the reverse step's does not; or the
 #: reverse step converges elsewhere than the start (not reversible)
 FAILURES = ("none", "forward projection", "reverse projection", "not reversible")
@@ -86,22 +98,11 @@ class ConstrainedInfo(NamedTuple):
     acceptance_rate: torch.Tensor  #: [C]
     accepted: torch.Tensor  #: [C] bool
     diverging: torch.Tensor  #: [C] bool: energy error above 1000 or non-finite
-    projection_failures: torch.Tensor  #: [C] int: steps whose projection failed (trajectory rejected)
+    projection_failures: torch.Tensor  #: [C] int: steps whose projection failed (each ends its trajectory or side)
     energy: torch.Tensor  #: [C]
     n_steps: torch.Tensor  #: [C] gradient-equivalent evaluations
     step_size: torch.Tensor  #: [C]
     newton_iterations: torch.Tensor  #: [C] iterations of the projections (Newton or chord), reverse checks included
-
-
-def acceptance(h0: torch.Tensor, h1: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
-    """Metropolis acceptance ``min(1, exp(h0 - h1))`` ``[C]``; 0 where the trajectory failed (``ok`` False)."""
-    log_acc = torch.where(ok & torch.isfinite(h1), h0 - h1, torch.full_like(h1, -math.inf)).clamp(max=0.0)
-    return log_acc.exp().nan_to_num(nan=0.0)
-
-
-def selection_log_weight(h0: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Log weight ``-(h - h0)`` with which a state of the trajectory is drawn (multinomial HMC; the accept step)."""
-    return h0 - h
 
 
 def _leapfrog(system: Lifted, at: ConstrainedState, p, eps, active, logdet_force: bool, projection: str = "newton"):
@@ -130,28 +131,6 @@ def _leapfrog(system: Lifted, at: ConstrainedState, p, eps, active, logdet_force
     return select(ok, at1, at), select(ok, p1, p), ok, h, cost + cost_r, it + itr, kind
 
 
-class _Pick:
-    """Progressive multinomial sampling over a trajectory: each offered state replaces the pick with probability
-    ``w / (W + w)`` (``W``: the weights offered so far), so the pick is a draw ∝ ``w`` from all of them; the start
-    (``state``) has weight 1 (log weights are relative to its energy)."""
-
-    def __init__(self, state: ConstrainedState):
-        self.state = state
-        self.log_total = torch.zeros_like(state.potential)
-        self.moved = torch.zeros(len(state.q), dtype=torch.bool, device=state.q.device)
-
-    def offer(self, mask, at: ConstrainedState, log_w, rng):
-        log_w = torch.where(mask & torch.isfinite(log_w), log_w, torch.full_like(log_w, -math.inf))
-        total = torch.logaddexp(self.log_total, log_w)
-        u = torch.rand(len(log_w), generator=rng, dtype=torch.float64, device=rng.device).to(log_w.device)
-        self.take(mask & (u.log() < log_w - total), at)
-        self.log_total = torch.where(mask, total, self.log_total)
-
-    def take(self, take, at: ConstrainedState):
-        """Make ``at`` the pick of the chains in ``take [C]``."""
-        self.state, self.moved = select(take, at, self.state), self.moved | take
-
-
 @register("constrained")
 class Constrained:
     """Constrained HMC on the lifted level set (see the module docstring).
@@ -164,13 +143,15 @@ class Constrained:
         Dual averaging of the shared step size toward this mean acceptance (failed projections count as 0); by
         default ``TARGET_ACCEPT[selection]``, or ``TARGET_ACCEPT_SOFT`` for ``"multinomial"`` with soft statistics.
     max_steps : int
-        Cap on leapfrog steps per iteration.
+        Cap on leapfrog steps per iteration (with ``"doubling"``: ``2^k - 1`` at most this).
     initial_step_size : float
         Where dual averaging starts.
-    selection : {"multinomial", "endpoint"}
+    selection : {"multinomial", "endpoint", "doubling"}
         How the next state is drawn from the trajectory (see ``SELECTIONS``): ``"multinomial"`` (a window placed at
-        random around the start, a failed projection ends it on that side, a state drawn ∝ exp(-H)) or
-        ``"endpoint"`` (Metropolis on the last state; a failed projection rejects the whole trajectory).
+        random around the start, a failed projection ends it on that side, a state drawn ∝ exp(-H)),
+        ``"endpoint"`` (Metropolis on the last state; a failed projection rejects the whole trajectory) or
+        ``"doubling"`` (``≈ log2`` of the step count doublings on random sides, the new half's state preferred by
+        biased progressive sampling; a failed projection discards its half and ends the trajectory).
     logdet_force : bool
         Whether the dynamics integrate the force of the co-area term ``log det(Dc Dcᵀ)/2`` (True) or the prior's alone
         (False; see ``LOGDET_FORCE``). The term stays in the energy that weighs the states, so the draws are exact
@@ -196,7 +177,7 @@ class Constrained:
     allows_zero_sigma = True
 
     def __init__(self, *, trajectory_length: float = math.pi, target_accept: float | None = None,
-                 max_steps: int = 64, initial_step_size: float = 0.3, selection: str = "multinomial",
+                 max_steps: int = 64, initial_step_size: float = 0.3, selection: str = SELECTION,
                  logdet_force: bool = LOGDET_FORCE, soft="auto", projection: str = PROJECTION):
         if isinstance(soft, str):
             if soft != "auto":
@@ -262,57 +243,31 @@ class Constrained:
         system = self._system(density)
         C, dev = len(state.q), state.q.device
         eps = torch.full((C,), params["step_size"], dtype=torch.float64, device=dev)
-        n = params["num_steps"]
         p0 = tangent(state.dc, torch.randn(state.q.shape, generator=rng, dtype=torch.float64, device=dev))
         h0 = state.potential + 0.5 * p0.square().sum(-1)
-        multinomial = self.selection == "multinomial"
-        # multinomial: a window of `back` steps before the start and n - back after it, uniform per chain (static
-        # multinomial HMC); a failed step ends the window on its side. endpoint: n steps forward, Metropolis on the end
-        back = (torch.randint(0, n + 1, (C,), generator=rng, device=rng.device).to(dev) if multinomial
-                else torch.zeros(C, dtype=torch.long, device=dev))
-        pick = _Pick(state)
-        stat, tried = torch.zeros(C, dtype=torch.float64, device=dev), torch.zeros(C, dtype=torch.float64, device=dev)
-        failures, newton = torch.zeros(C, dtype=torch.long), torch.zeros(C, dtype=torch.long)
-        cost, diverging = torch.zeros(C), torch.zeros(C, dtype=torch.bool, device=dev)
-        # one batched sweep of n steps: each chain takes its `back` steps (momentum -p0) first, then starts again
-        # from the start with +p0 (a failure on the backward side moves a chain to the forward side at once)
-        todo_back, todo_fwd = back.clone(), n - back
-        forward = todo_back == 0
-        at, p = state, torch.where(forward.unsqueeze(-1), p0, -p0)
-        for _ in range(n):
-            turn = ~forward & (todo_back == 0)
-            if bool(turn.any()):
-                at, p, forward = select(turn, state, at), select(turn, p0, p), forward | turn
-            alive = torch.where(forward, todo_fwd > 0, todo_back > 0)
-            if not bool(alive.any()):
-                break
-            at, p, ok, h, step_cost, its, _ = _leapfrog(system, at, p, eps, alive, self.logdet_force, self.projection)
-            newton += its
-            cost += step_cost
-            div = alive & ok & (~torch.isfinite(h) | (h - h0 > 1000.0))
-            failures += (alive & ~ok).long().cpu()
-            diverging |= div
-            stat += torch.where(alive, acceptance(h0, h, ok & ~div), stat.new_zeros(()))
-            tried += alive.double()
-            good = alive & ok & ~div
-            # a step taken counts down its side; a failed one ends its side
-            todo_back = torch.where(alive & ~forward, torch.where(good, todo_back - 1, 0), todo_back)
-            todo_fwd = torch.where(alive & forward, torch.where(good, todo_fwd - 1, 0), todo_fwd)
-            if multinomial:
-                pick.offer(good, at, selection_log_weight(h0, h), rng)
-        if multinomial:
-            accept_stat = torch.where(tried > 0, stat / tried.clamp(min=1), torch.ones_like(stat))
-        else:  # endpoint (back = 0): the chains whose n steps all succeeded end together, `h` their energy
-            accept_stat = acceptance(h0, h, (failures == 0).to(dev) & ~diverging)
-            pick.take(torch.rand(C, generator=rng, dtype=torch.float64, device=rng.device).to(dev) < accept_stat, at)
+
+        def leap(at, p, active):
+            return _leapfrog(system, at, p, eps, active, self.logdet_force, self.projection)[:6]
+
+        tally, n = Tally(C, dev), params["num_steps"]
+        if self.selection == "doubling":
+            pick = doubling(leap, state, p0, h0, depth_of(n, self.max_steps), tally, rng)
+        elif self.selection == "multinomial":
+            pick = window(leap, state, p0, h0, n, tally, rng)
+        else:  # endpoint: the chains whose n steps all succeeded end together, `h` their energy
+            at, h = window(leap, state, p0, h0, n, tally, rng, multinomial=False)
+            accept = trajectory.acceptance(h0, h, (tally.failures == 0).to(dev) & ~tally.diverging)
+            pick = Pick(state)
+            pick.take(torch.rand(C, generator=rng, dtype=torch.float64, device=rng.device).to(dev) < accept, at)
+        accept = tally.mean_acceptance() if self.selection != "endpoint" else accept
         new = pick.state._replace(z=select(pick.moved, system.z_of(pick.state.q[:, : system.d]), state.z))
-        return new, ConstrainedInfo(accept_stat.float(), pick.moved, diverging, failures, h0.float(),
-                                    cost.round().long(), eps.float(), newton)
+        return new, ConstrainedInfo(accept.float(), pick.moved, tally.diverging, tally.failures, h0.float(),
+                                    tally.cost.round().long(), eps.float(), tally.iterations)
 
     def adaptation(self, density, z0, num_warmup):
         soft, target = list(self._system(density).soft), self.target_accept
         if target is None:
-            target = TARGET_ACCEPT_SOFT if soft and self.selection == "multinomial" else TARGET_ACCEPT[self.selection]
+            target = TARGET_ACCEPT_SOFT if soft and self.selection != "endpoint" else TARGET_ACCEPT[self.selection]
         return _StepSize(self, target, soft)
 
 
@@ -350,4 +305,8 @@ class _StepSize:
         return dict(step_size=eps, trajectory_length=self.k.trajectory_length, selection=self.k.selection,
                     logdet_force=self.k.logdet_force, target_accept=self.target_accept,
                     projection=self.k.projection, soft=self.soft,
-                    leapfrog_steps=min(self.k.max_steps, max(1, math.ceil(self.k.trajectory_length / eps))))
+                    leapfrog_steps=self._steps(max(1, math.ceil(self.k.trajectory_length / eps))))
+
+    def _steps(self, n: int) -> int:
+        """Leapfrog steps of a trajectory of ``n`` planned steps: ``2^k - 1`` with doubling; at most ``max_steps``."""
+        return 2 ** depth_of(n, self.k.max_steps) - 1 if self.k.selection == "doubling" else min(self.k.max_steps, n)
