@@ -83,9 +83,10 @@ def test_without_the_soft_terms_energy_the_kernel_fails(monkeypatch):
 
     force = Lifted.potential_force
     monkeypatch.setattr(Lifted, "potential_force", lambda self, q, dc, soft: force(self, q, dc, (0 * soft[0], soft[1])))
-    with pytest.raises(AssertionError):  # at the settings the correct kernel passes above
-        draws, mean, cov = linear_case(0.1, samples=1000, soft=(1,))
-        check_gaussian(draws.z, mean, cov, min_ess=2000)
+    draws, mean, cov = linear_case(0.1, samples=1000, soft=(1,))
+    # its moments fail whatever the ESS (measured: whitened means -0.96, 0.001, 3.3; ESS 33)
+    with pytest.raises(AssertionError, match="whitened"):
+        check_gaussian(draws.z, mean, cov, min_ess=10, max_rhat=math.inf)
 
 
 def test_soft_auto_takes_the_densitys_saturating_statistics_at_positive_sigma():
@@ -142,7 +143,9 @@ def test_cost_per_draw_does_not_grow_as_sigma_shrinks():
     assert 0.5 < sizes[1e-4] / sizes[0.1] < 2, sizes
 
 
-@pytest.mark.parametrize("selection, samples", [("doubling", 300), ("endpoint", 300)])
+# multinomial (no longer the default; ESS ~4000 at 600 draws, 25 s) on a curved level set: `pytest -m slow`
+@pytest.mark.parametrize("selection, samples", [("doubling", 300), ("endpoint", 300),
+                                                pytest.param("multinomial", 600, marks=pytest.mark.slow)])
 def test_circle_under_an_anisotropic_prior_matches_quadrature(selection, samples):
     """u(z) = |z| = 1.5 exactly (sigma = 0), prior N(0, diag(1, 4)): on the circle z = 1.5 (cos t, sin t) the density
     is prior / |grad u| = prior (|grad |z|| = 1), so t has density ∝ exp(-1.125 (cos² t + sin² t / 4))."""
@@ -239,9 +242,11 @@ def test_without_its_accept_step_the_kernel_fails(monkeypatch, selection):
     monkeypatch.setattr(trajectory, "acceptance", lambda h0, h1, ok: ok.double())  # every finished trajectory kept
     # multinomial, doubling: every state of the trajectory equally likely, whatever its energy
     monkeypatch.setattr(trajectory, "selection_log_weight", lambda h0, h: torch.zeros_like(h))
-    with pytest.raises(AssertionError):  # the energy error of the adapted (now too large) steps biases the draws
-        draws, mean, cov = linear_case(0.1, samples=300, selection=selection)
-        check_gaussian(draws.z, mean, cov, min_ess=2000)
+    draws, mean, cov = linear_case(0.1, samples=300, selection=selection)
+    # the energy error of the adapted (now too large) steps biases the draws: their moments fail, whatever the ESS
+    # (measured: whitened E[w²] 4.5 with "endpoint", 270-340 with the others, whose ESS also falls to ~34)
+    with pytest.raises(AssertionError, match="whitened"):
+        check_gaussian(draws.z, mean, cov, min_ess=10, max_rhat=math.inf)
 
 
 def test_doubling_without_its_biased_merge_fails(monkeypatch):
@@ -250,8 +255,8 @@ def test_doubling_without_its_biased_merge_fails(monkeypatch):
     import bayestrex.kernels.trajectory as trajectory
 
     monkeypatch.setattr(trajectory, "merge_log_probability", lambda new, old: torch.zeros_like(new))
-    with pytest.raises(AssertionError):
-        draws, mean, cov = linear_case(0.1, samples=500, selection="doubling")
+    draws, mean, cov = linear_case(0.1, samples=500, selection="doubling")
+    with pytest.raises(AssertionError, match="whitened E"):  # measured: 1.66 against 1 ± 0.07
         check_gaussian(draws.z, mean, cov, min_ess=2000)
 
 
@@ -311,8 +316,9 @@ def test_the_reverse_check_allows_what_the_constraint_tolerance_leaves_open():
 
 def test_doubling_extends_on_random_sides_prefers_the_new_half_and_drops_a_failed_one():
     """``trajectory.doubling`` on a walk along the integers (a step moves by the momentum's sign, every state has the
-    same energy): each doubling adds ``2^j`` states on one side, and with equal weights the new half always supplies
-    the draw, uniformly within it; a step onto +5 fails, which drops its half and ends the trajectory."""
+    same energy): each doubling adds ``2^j`` states on one side, next to the others; with equal weights the new half
+    always supplies the draw, uniformly within it; a step onto +9 fails, which drops its half (never drawn) and ends
+    the trajectory."""
     from typing import NamedTuple
 
     from bayestrex.kernels.trajectory import Tally, doubling
@@ -320,31 +326,41 @@ def test_doubling_extends_on_random_sides_prefers_the_new_half_and_drops_a_faile
     class S(NamedTuple):
         q: torch.Tensor
 
-    C = 20_000
+    C, depth, wall = 20_000, 4, 9
     seen = [[] for _ in range(C)]
 
     def leap(at, p, active):
         q = at.q + p.sign()
-        ok = ~(q[:, 0] == 5)
-        moved = active & ok
-        for c in torch.nonzero(moved).flatten().tolist():
+        ok = ~(q[:, 0] == wall)
+        for c in torch.nonzero(active).flatten().tolist():
             seen[c].append(float(q[c, 0]))
+        moved = active & ok
         return (S(torch.where(moved[:, None], q, at.q)), p, ok, torch.zeros(C, dtype=torch.float64),
                 torch.ones(C), torch.ones(C, dtype=torch.long))
 
     start, p0 = S(torch.zeros(C, 1)), torch.ones(C, 1)
     tally = Tally(C, "cpu")
-    pick = doubling(leap, start, p0, torch.zeros(C, dtype=torch.float64), 3, tally, torch.Generator().manual_seed(0))
-    drawn = pick.state.q[:, 0]
-    assert bool((drawn < 5).all())
-    whole = tally.failures == 0
-    counts = torch.tensor([len(s) for s in seen])
-    assert bool((counts[whole] == 7).all()) and bool((counts[~whole] < 7).all())
-    # a whole trajectory of 8 states: the last half (4 states) holds the draw, each of them equally often
+    pick = doubling(leap, start, p0, torch.zeros(C, dtype=torch.float64), depth, tally,
+                    torch.Generator().manual_seed(0))
+    drawn, whole = pick.state.q[:, 0], tally.failures == 0
+    n = 2**depth - 1
+    assert int(whole.sum()) > C // 4 and int((~whole).sum()) > C // 4
+    for c in range(0, C, 7):  # the steps visit contiguous integers: each half starts next to the trajectory so far
+        s = seen[c]
+        if whole[c]:
+            assert len(s) == n and sorted(s + [0.0]) == list(range(int(min(s + [0.0])), int(max(s + [0.0])) + 1))
+        else:  # the failed step tried the wall; the draw is among the states of the doublings before it
+            assert s[-1] == wall and len(s) <= n
+            j = int(math.log2(len(s) + 1e-9))  # the failed doubling: its 2^j steps started after 2^j - 1 others
+            kept = [0.0] + s[: 2**j - 1]
+            assert float(drawn[c]) in kept, (c, s, float(drawn[c]))
+    # a whole trajectory of 2^depth states: the last half (2^(depth-1) states) holds the draw, each equally often
     last = torch.tensor([s[-1] for s in seen])
-    lo = torch.where(last > 0, last - 3, last)  # the last half spans [lo, lo + 3], right or left of the others
-    assert 0.1 < float((last > 0)[whole].double().mean()) < 0.9
+    half = 2 ** (depth - 1)
+    lo = torch.where(last > 0, last - (half - 1), last)  # the last half spans [lo, lo + half - 1]
+    assert 0.1 < float((last > 0)[whole].double().mean()) < 0.9  # both sides
     offset = (drawn - lo)[whole]
-    assert bool(((offset >= 0) & (offset <= 3)).all())
-    freq = torch.stack([(offset == k).double().mean() for k in range(4)])
-    assert (freq - 0.25).abs().max() < 4 * math.sqrt(0.25 * 0.75 / int(whole.sum())), freq
+    assert bool(((offset >= 0) & (offset <= half - 1)).all())
+    freq = torch.stack([(offset == k).double().mean() for k in range(half)])
+    p = 1 / half
+    assert (freq - p).abs().max() < 4 * math.sqrt(p * (1 - p) / int(whole.sum())), freq

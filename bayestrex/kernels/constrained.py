@@ -45,15 +45,15 @@ __all__ = ["Constrained", "ConstrainedState", "ConstrainedInfo"]
 #: of integration time at steps from 0.05 to 0.4 (`analyses/projection_failures.py`), so longer steps cover the same
 #: path for fewer gradients; 0.6 doubled the bulk ESS per gradient of 0.8 there (step 0.32 against 0.10; README,
 #: "Multinomial selection"), and 0.45 (step 0.52) did not add to it. "doubling" (the same mean): on `tied:3,8,0.9` at
-#: σ = 0.0125 (16 chains x (100 + 200), ad hoc) 0.6 gave 3.0x the bulk ESS per gradient of 0.8 (step 0.37 against
-#: 0.044; on the 5-d sphere 0.8 was 1.4x better)
+#: σ = 0.0125 (16 chains x (100 + 200)) 0.6 gave 3.0x the bulk ESS per gradient of 0.8 (step 0.37 against 0.044; on
+#: the 5-d sphere 0.8 was 1.4x better, ad hoc)
 TARGET_ACCEPT = {"multinomial": 0.6, "endpoint": 0.8, "doubling": 0.6}
 #: target mean acceptance of "multinomial" and "doubling" with soft statistics (``soft``): the leapfrog on their
 #: potential is an ordinary one against an exponential wall (a pair's mass near 1), whose energy error, not projection
 #: failures, limits the step. On `ambiguous:3,8,mass` at σ = 0.025 (16 chains x (100 + 100), seeds 0 and 1) 0.8 gave
 #: 1.2-1.4x the bulk and 1.7-1.8x the tail ESS per gradient of 0.6, and R-hat 1.12 against 1.34-1.37 (runs before
 #: the reverse tolerance and cost count; README, "Soft statistics"). With "doubling" at σ = 0.0125 (16 chains x
-#: (100 + 200), ad hoc) 0.8 gave 1.25x the bulk ESS per gradient of 0.6
+#: (100 + 200)) 0.8 gave 1.14x the bulk and 1.3x the tail ESS per gradient of 0.6
 TARGET_ACCEPT_SOFT = 0.8
 #: how a trajectory's state is chosen. On network level sets a projection fails at *places*: on `tied:3,8,0.9` at
 #: σ = 0.0125 about 0.4-0.6 failures per unit of integration time at steps from 0.05 to 0.4, nearly all the forward
@@ -69,8 +69,8 @@ TARGET_ACCEPT_SOFT = 0.8
 SELECTIONS = ("multinomial", "endpoint", "doubling")
 #: default of ``selection``. "multinomial" draws uniformly placed states, often near the start: on
 #: `ambiguous:3,8,mass` at σ = 0.0125 its least-mixing latent (a prior-like one, sd 1.0) had lag-1 autocorrelation
-#: 0.85. "doubling" gave 2.3x its bulk ESS per gradient there, 1.9x on `tied:3,8,0.9`, 3x on the 5-d sphere and
-#: 2.1x on the linear Gaussian (README, "Doubling")
+#: 0.85. At σ = 0.0125 (16 chains x (100 + 200)) "doubling" gave 2.0x its bulk ESS per gradient there (1.4x tail),
+#: 1.6x on `tied:3,8,0.9` (0.86x tail), and 3x / 2.1x on the 5-d sphere / linear Gaussian (README, "Doubling")
 SELECTION = "doubling"
 #: why a step fails: the position step's Newton projection does not converge; the reverse step's does not; or the
 #: reverse step converges elsewhere than the start (not reversible)

@@ -133,7 +133,9 @@ def doubling(leap: Leap, state, p0, h0, depth: int, tally: Tally, rng) -> Pick:
     chain; the new half's state (drawn ∝ exp(-H) within it) replaces the pick with probability
     ``min(1, W_new / W_old)`` (biased progressive sampling), so the draw lies mostly in the half away from the start.
     A failed step discards its half and ends the trajectory, as a divergence does in NUTS: from any state of the kept
-    trajectory the same doublings meet the same failure, so the draw stays exact. ``2^depth - 1`` steps at most."""
+    trajectory the same doublings meet the same failure, so the draw stays exact. A divergence (energy error above
+    1000, :class:`Tally`) is measured from the start's energy, so from another start it might not be one: the
+    approximation Stan and NumPyro make (the window rule shares it). ``2^depth - 1`` steps at most."""
     C, dev = len(p0), p0.device
     pick = Pick(state)
     left = right = state
