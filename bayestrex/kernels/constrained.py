@@ -250,16 +250,15 @@ class Constrained:
             return _leapfrog(system, at, p, eps, active, self.logdet_force, self.projection)[:6]
 
         tally, n = Tally(C, dev), params["num_steps"]
-        if self.selection == "doubling":
-            pick = doubling(leap, state, p0, h0, depth_of(n, self.max_steps), tally, rng)
-        elif self.selection == "multinomial":
-            pick = window(leap, state, p0, h0, n, tally, rng)
+        if self.selection != "endpoint":
+            pick = (doubling(leap, state, p0, h0, depth_of(n, self.max_steps), tally, rng)
+                    if self.selection == "doubling" else window(leap, state, p0, h0, n, tally, rng))
+            accept = tally.mean_acceptance()
         else:  # endpoint: the chains whose n steps all succeeded end together, `h` their energy
             at, h = window(leap, state, p0, h0, n, tally, rng, multinomial=False)
             accept = trajectory.acceptance(h0, h, (tally.failures == 0).to(dev) & ~tally.diverging)
             pick = Pick(state)
             pick.take(torch.rand(C, generator=rng, dtype=torch.float64, device=rng.device).to(dev) < accept, at)
-        accept = tally.mean_acceptance() if self.selection != "endpoint" else accept
         new = pick.state._replace(z=select(pick.moved, system.z_of(pick.state.q[:, : system.d]), state.z))
         return new, ConstrainedInfo(accept.float(), pick.moved, tally.diverging, tally.failures, h0.float(),
                                     tally.cost.round().long(), eps.float(), tally.iterations)
